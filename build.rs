@@ -1,0 +1,13 @@
+//! Compiles the protos with protox (a pure-Rust protobuf compiler), so building
+//! tasktime needs no system `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["proto/tasktime/v1/tasktime.proto"];
+    println!("cargo:rerun-if-changed=proto");
+    let fds = protox::compile(protos, ["proto"])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    // The descriptor set serves reflection and the JSON mapping of `tasktime record`.
+    std::fs::write(out.join("tasktime_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}

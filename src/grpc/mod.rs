@@ -1,0 +1,10 @@
+//! The gRPC edge: tonic services that convert protobuf to domain types
+//! ([`convert`]), call the core, and map errors to `tonic::Status` ([`status`]).
+
+pub mod convert;
+pub mod ingest;
+pub mod query;
+pub mod status;
+
+pub use ingest::IngestApi;
+pub use query::QueryApi;

@@ -1,0 +1,586 @@
+//! The pairing rules, as a pure function from (events, the instance records they refer
+//! to) to a [`Plan`]: the new instance records, the counter and histogram increments,
+//! and what to tell the client about each event.
+//!
+//! Both stores run the same plan: the embedded store under its lock, Redis inside a
+//! script that first checks every instance record is still what the plan read (so a
+//! concurrent replica, or a resent command, can never count an instance twice).
+//!
+//! Rules per instance `(tenant, task, instance_id)`:
+//!
+//! | record \ event | start | finish | completed |
+//! |---|---|---|---|
+//! | none | open; started +1 | pending finish | done; started +1, finished +1 |
+//! | open | duplicate | done; finished +1 | rejected (id in use) |
+//! | pending finish | done; started +1, finished +1 | duplicate | rejected (id in use) |
+//! | done | duplicate | duplicate | duplicate |
+//!
+//! "started" is filed under the start's time; "finished" adds the outcome and duration
+//! under the finish's time, and one finished-of-started under the start's time (which
+//! is how abandonment is computed without a sweeper).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::buckets::{BucketRef, Resolution, Retention};
+use crate::domain::{EventKind, MICROS_PER_SEC, Micros, Outcome, SeriesId, TaskEvent};
+use crate::histogram::HistogramConfig;
+use crate::store::keys::{self, field};
+
+/// The rules' parameters.
+#[derive(Debug, Clone)]
+pub struct Semantics {
+    /// A start with no finish within this long counts as abandoned.
+    pub abandon_after: Micros,
+    /// How long a completed instance is remembered to recognise retries.
+    pub dedupe_horizon: Micros,
+    pub retention: Retention,
+    pub histogram: Arc<HistogramConfig>,
+}
+
+impl Semantics {
+    /// Default abandonment threshold: 1 h.
+    pub const DEFAULT_ABANDON_AFTER: Micros = 3600 * MICROS_PER_SEC;
+    /// Default dedupe horizon: 1 h after the instance completed.
+    pub const DEFAULT_DEDUPE_HORIZON: Micros = 3600 * MICROS_PER_SEC;
+
+    /// How long an open start or a pending finish is kept waiting for its partner.
+    fn open_ttl(&self) -> Micros {
+        self.abandon_after + self.dedupe_horizon
+    }
+}
+
+/// The stored record of one instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceState {
+    /// Started, not finished.
+    Open { start: Micros, series: SeriesId },
+    /// Finished before its start arrived; waiting for it.
+    PendingFinish { finish: Micros, outcome: Outcome },
+    /// Counted; kept for the dedupe horizon.
+    Done,
+}
+
+impl InstanceState {
+    /// Compact text form stored in Redis.
+    pub fn encode(&self) -> String {
+        match self {
+            InstanceState::Open { start, series } => format!("S|{start}|{}", series.to_hex()),
+            InstanceState::PendingFinish { finish, outcome } => format!("F|{finish}|{}", outcome.code()),
+            InstanceState::Done => "D".to_owned(),
+        }
+    }
+
+    /// Inverse of [`Self::encode`]; `None` for text it did not write.
+    pub fn decode(text: &str) -> Option<Self> {
+        let mut parts = text.split('|');
+        let state = match parts.next()? {
+            "S" => InstanceState::Open {
+                start: parts.next()?.parse().ok()?,
+                series: SeriesId::from_hex(parts.next()?)?,
+            },
+            "F" => InstanceState::PendingFinish {
+                finish: parts.next()?.parse().ok()?,
+                outcome: Outcome::from_code(parts.next()?)?,
+            },
+            "D" => InstanceState::Done,
+            _ => return None,
+        };
+        parts.next().is_none().then_some(state)
+    }
+}
+
+/// What happened to one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Newly applied. `over_range`: its duration was clamped to the highest trackable value.
+    Accepted { over_range: bool },
+    /// Already applied before; not counted again.
+    Duplicate,
+    /// Not applied, with the reason for the client.
+    Rejected(String),
+}
+
+/// One instance record to write, guarded by the value the plan read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceWrite {
+    pub key: String,
+    /// The value read before planning (`None` = absent); the write applies only if the
+    /// record still holds it.
+    pub expected: Option<String>,
+    pub new: String,
+    pub ttl_ms: i64,
+}
+
+/// Increments to one hash (counters or histogram), with its absolute expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashWrite {
+    pub key: String,
+    pub expire_at_ms: i64,
+    pub fields: Vec<(String, i64)>,
+}
+
+/// A new entry for the task's series index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesWrite {
+    pub key: String,
+    pub series: String,
+    pub labels_json: String,
+}
+
+/// Everything one round does to one task's keys.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// `(index of the event in the caller's batch, disposition)`, in input order.
+    pub dispositions: Vec<(usize, Disposition)>,
+    pub instance_writes: Vec<InstanceWrite>,
+    pub hash_writes: Vec<HashWrite>,
+    pub series_writes: Vec<SeriesWrite>,
+}
+
+/// The distinct instance keys a batch of one task's events refers to, in first-seen order.
+pub fn instance_keys(prefix: &str, events: &[(usize, &TaskEvent)]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for (_, e) in events {
+        let key = keys::instance(prefix, e.instance_id.as_str());
+        if seen.insert(key.clone()) {
+            out.push(key);
+        }
+    }
+    out
+}
+
+/// Accumulates increments per (key, field) across a round.
+struct Increments<'a> {
+    sem: &'a Semantics,
+    prefix: &'a str,
+    namespace: String,
+    now_secs: i64,
+    hashes: HashMap<String, (i64, HashMap<&'static str, i64>)>,
+    bins: HashMap<String, HashMap<u64, i64>>,
+}
+
+impl<'a> Increments<'a> {
+    fn new(sem: &'a Semantics, prefix: &'a str, now: Micros) -> Self {
+        Increments {
+            sem,
+            prefix,
+            namespace: sem.histogram.namespace(),
+            now_secs: now.div_euclid(MICROS_PER_SEC),
+            hashes: HashMap::new(),
+            bins: HashMap::new(),
+        }
+    }
+
+    /// The buckets holding `at` that are still kept, with their expiry in ms.
+    fn buckets(&self, at: Micros) -> impl Iterator<Item = (BucketRef, i64)> + '_ {
+        Resolution::ALL.into_iter().filter_map(move |res| {
+            let bucket = BucketRef {
+                res,
+                start: res.bucket_start(at),
+            };
+            let expires = self.sem.retention.expires_at(res, bucket.start);
+            (expires > self.now_secs).then_some((bucket, expires * 1000))
+        })
+    }
+
+    fn add(&mut self, key: String, expire_at_ms: i64, field: &'static str, delta: i64) {
+        let entry = self.hashes.entry(key).or_insert_with(|| (expire_at_ms, HashMap::new()));
+        *entry.1.entry(field).or_default() += delta;
+    }
+
+    fn started(&mut self, at: Micros, series: SeriesId) {
+        let buckets: Vec<_> = self.buckets(at).collect();
+        for (bucket, exp) in buckets {
+            self.add(keys::counters(self.prefix, bucket, series), exp, field::STARTED, 1);
+        }
+    }
+
+    /// Files a finished instance; returns whether its duration was over range.
+    fn finished(&mut self, start: Micros, finish: Micros, series: SeriesId, outcome: Outcome) -> bool {
+        let duration = u64::try_from(finish - start).unwrap_or(0);
+        let (bin, over) = self.sem.histogram.bin(duration);
+        let start_buckets: Vec<_> = self.buckets(start).collect();
+        for (bucket, exp) in start_buckets {
+            self.add(
+                keys::counters(self.prefix, bucket, series),
+                exp,
+                field::FINISHED_OF_STARTED,
+                1,
+            );
+        }
+        let finish_buckets: Vec<_> = self.buckets(finish).collect();
+        let sum = i64::try_from(duration).unwrap_or(i64::MAX);
+        for (bucket, exp) in finish_buckets {
+            let counters = keys::counters(self.prefix, bucket, series);
+            self.add(counters.clone(), exp, keys::outcome_field(outcome), 1);
+            if over {
+                self.add(counters, exp, field::OVER_RANGE, 1);
+            }
+            let hist = keys::histogram(self.prefix, &self.namespace, bucket, series, outcome);
+            self.add(hist.clone(), exp, field::N, 1);
+            self.add(hist.clone(), exp, field::SUM_US, sum);
+            *self.bins.entry(hist).or_default().entry(bin).or_default() += 1;
+        }
+        over
+    }
+
+    fn into_writes(self) -> Vec<HashWrite> {
+        let mut bins = self.bins;
+        self.hashes
+            .into_iter()
+            .map(|(key, (expire_at_ms, fields))| {
+                let mut fields: Vec<(String, i64)> = fields.into_iter().map(|(f, d)| (f.to_owned(), d)).collect();
+                if let Some(b) = bins.remove(&key) {
+                    fields.extend(b.into_iter().map(|(bin, d)| (bin.to_string(), d)));
+                }
+                HashWrite {
+                    key,
+                    expire_at_ms,
+                    fields,
+                }
+            })
+            .collect()
+    }
+}
+
+fn negative_duration(start: Micros, finish: Micros) -> Disposition {
+    Disposition::Rejected(format!(
+        "the finish (at {}) is earlier than its start (at {}): a duration cannot be negative",
+        fmt_time(finish),
+        fmt_time(start)
+    ))
+}
+
+fn fmt_time(at: Micros) -> String {
+    let secs = at.div_euclid(MICROS_PER_SEC);
+    let nanos = u32::try_from(at.rem_euclid(MICROS_PER_SEC) * 1000).unwrap_or(0);
+    match u64::try_from(secs) {
+        Ok(secs) => {
+            humantime::format_rfc3339_micros(std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos)).to_string()
+        }
+        Err(_) => format!("{at} µs"),
+    }
+}
+
+/// Plans one round for one task's events (all with the same tenant and task).
+///
+/// `read` holds the current record of every key [`instance_keys`] returned (`None` =
+/// absent). Events are applied in order, each seeing the effect of the ones before.
+pub fn plan_task(
+    prefix: &str,
+    events: &[(usize, &TaskEvent)],
+    read: &HashMap<String, Option<String>>,
+    sem: &Semantics,
+    now: Micros,
+) -> Plan {
+    let mut plan = Plan::default();
+    let mut inc = Increments::new(sem, prefix, now);
+    // Current state of each touched key, with the TTL its last change asks for.
+    let mut current: HashMap<String, (Option<InstanceState>, Option<Micros>)> = HashMap::new();
+    let mut new_series: HashMap<SeriesId, String> = HashMap::new();
+
+    for (index, event) in events {
+        let key = keys::instance(prefix, event.instance_id.as_str());
+        let entry = match current.get(&key) {
+            Some(entry) => *entry,
+            None => {
+                let raw = read.get(&key).cloned().flatten();
+                match raw.as_deref().map(InstanceState::decode) {
+                    None => (None, None),
+                    Some(Some(state)) => (Some(state), None),
+                    Some(None) => {
+                        plan.dispositions.push((
+                            *index,
+                            Disposition::Rejected(format!(
+                                "the stored record of instance `{}` is not readable by this version",
+                                crate::domain::quote(event.instance_id.as_str())
+                            )),
+                        ));
+                        continue;
+                    }
+                }
+            }
+        };
+        let (state, _) = entry;
+        let series = event.labels.series_id();
+        let (disposition, next) = match (state, event.kind) {
+            (None, EventKind::Start) => {
+                inc.started(event.at, series);
+                new_series.entry(series).or_insert_with(|| labels_json(event));
+                (
+                    Disposition::Accepted { over_range: false },
+                    Some((
+                        InstanceState::Open {
+                            start: event.at,
+                            series,
+                        },
+                        sem.open_ttl(),
+                    )),
+                )
+            }
+            (None, EventKind::Finish(outcome)) => (
+                Disposition::Accepted { over_range: false },
+                Some((
+                    InstanceState::PendingFinish {
+                        finish: event.at,
+                        outcome,
+                    },
+                    sem.open_ttl(),
+                )),
+            ),
+            (None, EventKind::Completed { duration, outcome }) => {
+                let start = event.at - duration;
+                inc.started(start, series);
+                new_series.entry(series).or_insert_with(|| labels_json(event));
+                let over_range = inc.finished(start, event.at, series, outcome);
+                (
+                    Disposition::Accepted { over_range },
+                    Some((InstanceState::Done, sem.dedupe_horizon)),
+                )
+            }
+            (Some(InstanceState::Open { start, series }), EventKind::Finish(outcome)) => {
+                if event.at < start {
+                    (negative_duration(start, event.at), None)
+                } else {
+                    let over_range = inc.finished(start, event.at, series, outcome);
+                    (
+                        Disposition::Accepted { over_range },
+                        Some((InstanceState::Done, sem.dedupe_horizon)),
+                    )
+                }
+            }
+            (Some(InstanceState::PendingFinish { finish, outcome }), EventKind::Start) => {
+                if finish < event.at {
+                    (negative_duration(event.at, finish), None)
+                } else {
+                    inc.started(event.at, series);
+                    new_series.entry(series).or_insert_with(|| labels_json(event));
+                    let over_range = inc.finished(event.at, finish, series, outcome);
+                    (
+                        Disposition::Accepted { over_range },
+                        Some((InstanceState::Done, sem.dedupe_horizon)),
+                    )
+                }
+            }
+            (Some(InstanceState::Open { .. } | InstanceState::PendingFinish { .. }), EventKind::Completed { .. }) => (
+                Disposition::Rejected(format!(
+                    "instance_id `{}` already belongs to a start or finish; a completed event needs an instance_id of its own",
+                    crate::domain::quote(event.instance_id.as_str())
+                )),
+                None,
+            ),
+            (Some(_), _) => (Disposition::Duplicate, None),
+        };
+        if let Some((state, ttl)) = next {
+            current.insert(key, (Some(state), Some(ttl)));
+        } else {
+            current.insert(key, entry);
+        }
+        plan.dispositions.push((*index, disposition));
+    }
+
+    for (key, (state, ttl)) in current {
+        let (Some(state), Some(ttl)) = (state, ttl) else {
+            continue; // unchanged
+        };
+        plan.instance_writes.push(InstanceWrite {
+            expected: read.get(&key).cloned().flatten(),
+            key,
+            new: state.encode(),
+            ttl_ms: ttl / 1000,
+        });
+    }
+    plan.hash_writes = inc.into_writes();
+    let index_key = keys::series_index(prefix);
+    plan.series_writes = new_series
+        .into_iter()
+        .map(|(series, labels_json)| SeriesWrite {
+            key: index_key.clone(),
+            series: series.to_hex(),
+            labels_json,
+        })
+        .collect();
+    plan
+}
+
+fn labels_json(event: &TaskEvent) -> String {
+    // A BTreeMap<String, String> always serialises.
+    serde_json::to_string(event.labels.as_map()).unwrap_or_else(|_| "{}".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{InstanceId, Labels, TaskName, Tenant};
+
+    const T0: Micros = 1_800_000_000 * MICROS_PER_SEC;
+
+    fn sem() -> Semantics {
+        Semantics {
+            abandon_after: Semantics::DEFAULT_ABANDON_AFTER,
+            dedupe_horizon: Semantics::DEFAULT_DEDUPE_HORIZON,
+            retention: Retention::default(),
+            histogram: Arc::new(HistogramConfig::new(HistogramConfig::DEFAULT_HIGHEST_US, 2).unwrap()),
+        }
+    }
+
+    fn event(id: &str, at: Micros, kind: EventKind) -> TaskEvent {
+        TaskEvent {
+            tenant: Tenant::default_tenant(),
+            task: TaskName::parse("task", "checkout".into()).unwrap(),
+            instance_id: InstanceId::parse("id", id.into()).unwrap(),
+            at,
+            labels: Labels::default(),
+            kind,
+        }
+    }
+
+    /// Runs events one round at a time against a map standing in for the store.
+    fn run(rounds: &[Vec<TaskEvent>]) -> (Vec<Disposition>, HashMap<String, i64>) {
+        let sem = sem();
+        let prefix = "p";
+        let mut records: HashMap<String, String> = HashMap::new();
+        let mut totals = HashMap::new();
+        let mut out = Vec::new();
+        for round in rounds {
+            let indexed: Vec<_> = round.iter().enumerate().collect();
+            let read = instance_keys(prefix, &indexed)
+                .into_iter()
+                .map(|k| {
+                    let v = records.get(&k).cloned();
+                    (k, v)
+                })
+                .collect();
+            let plan = plan_task(prefix, &indexed, &read, &sem, T0 + 10 * 3600 * MICROS_PER_SEC);
+            for w in plan.instance_writes {
+                assert_eq!(records.get(&w.key), w.expected.as_ref(), "the plan read what is stored");
+                records.insert(w.key, w.new);
+            }
+            for h in plan.hash_writes {
+                if h.key.contains(":c:m:") || h.key.contains(":h:m:") {
+                    for (f, d) in h.fields {
+                        *totals.entry(f).or_default() += d;
+                    }
+                }
+            }
+            out.extend(plan.dispositions.into_iter().map(|(_, d)| d));
+        }
+        (out, totals)
+    }
+
+    const OK: Disposition = Disposition::Accepted { over_range: false };
+
+    #[test]
+    fn a_start_and_its_finish_count_one_duration() {
+        let (d, totals) = run(&[vec![
+            event("a", T0, EventKind::Start),
+            event("a", T0 + 5_000_000, EventKind::Finish(Outcome::Succeeded)),
+        ]]);
+        assert_eq!(d, vec![OK, OK]);
+        assert_eq!(totals["started"], 1);
+        assert_eq!(totals["fin"], 1);
+        assert_eq!(totals["s"], 1);
+        assert_eq!(totals["n"], 1);
+        assert_eq!(totals["sum"], 5_000_000);
+    }
+
+    #[test]
+    fn a_finish_before_its_start_is_paired_when_the_start_arrives() {
+        let (d, totals) = run(&[
+            vec![event("a", T0 + 7_000_000, EventKind::Finish(Outcome::Failed))],
+            vec![event("a", T0, EventKind::Start)],
+        ]);
+        assert_eq!(d, vec![OK, OK]);
+        assert_eq!(totals["f"], 1);
+        assert_eq!(totals["sum"], 7_000_000);
+    }
+
+    #[test]
+    fn every_kind_of_duplicate_is_counted_once() {
+        let start = || event("a", T0, EventKind::Start);
+        let finish = || event("a", T0 + 1, EventKind::Finish(Outcome::Succeeded));
+        let done = || {
+            event(
+                "b",
+                T0,
+                EventKind::Completed {
+                    duration: 3,
+                    outcome: Outcome::Succeeded,
+                },
+            )
+        };
+        let (d, totals) = run(&[
+            vec![start(), start(), done()],
+            vec![finish(), start(), done()],
+            vec![finish(), finish(), done()],
+        ]);
+        use Disposition::Duplicate as Dup;
+        assert_eq!(d, vec![OK, Dup, OK, OK, Dup, Dup, Dup, Dup, Dup]);
+        assert_eq!(totals["started"], 2);
+        assert_eq!(totals["n"], 2);
+    }
+
+    #[test]
+    fn a_negative_duration_is_rejected_and_the_start_stays_open() {
+        let (d, totals) = run(&[vec![
+            event("a", T0, EventKind::Start),
+            event("a", T0 - 1, EventKind::Finish(Outcome::Succeeded)),
+            event("a", T0 + 1, EventKind::Finish(Outcome::Succeeded)),
+        ]]);
+        assert!(matches!(&d[1], Disposition::Rejected(r) if r.contains("earlier than its start")));
+        assert_eq!(d[2], OK);
+        assert_eq!(totals["n"], 1);
+    }
+
+    #[test]
+    fn a_completed_event_cannot_reuse_an_open_instance() {
+        let (d, _) = run(&[vec![
+            event("a", T0, EventKind::Start),
+            event(
+                "a",
+                T0,
+                EventKind::Completed {
+                    duration: 1,
+                    outcome: Outcome::Succeeded,
+                },
+            ),
+        ]]);
+        assert!(matches!(&d[1], Disposition::Rejected(r) if r.contains("instance_id of its own")));
+    }
+
+    #[test]
+    fn an_over_range_duration_is_clamped_and_counted() {
+        let highest = HistogramConfig::DEFAULT_HIGHEST_US as i64;
+        let (d, totals) = run(&[vec![event(
+            "a",
+            T0,
+            EventKind::Completed {
+                duration: highest + 1,
+                outcome: Outcome::Succeeded,
+            },
+        )]]);
+        assert_eq!(d, vec![Disposition::Accepted { over_range: true }]);
+        assert_eq!(totals["over"], 1);
+    }
+
+    #[test]
+    fn records_round_trip_through_their_text_form() {
+        for s in [
+            InstanceState::Open {
+                start: -5,
+                series: SeriesId(u64::MAX),
+            },
+            InstanceState::PendingFinish {
+                finish: T0,
+                outcome: Outcome::Cancelled,
+            },
+            InstanceState::Done,
+        ] {
+            assert_eq!(InstanceState::decode(&s.encode()), Some(s));
+        }
+        assert_eq!(InstanceState::decode("S|1"), None);
+        assert_eq!(InstanceState::decode("D|x"), None);
+    }
+}

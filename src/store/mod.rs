@@ -1,0 +1,155 @@
+//! Storage: the [`Store`] trait and its implementations, [`MemoryStore`] (embedded,
+//! not durable) and [`RedisStore`]. Both run the same pairing plan
+//! ([`crate::ingest::plan`]) and the same key schema ([`keys`]), so they answer alike.
+
+pub mod keys;
+pub mod memory;
+pub mod redis;
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use crate::domain::{Labels, Micros, SeriesId, TaskEvent, TaskName, Tenant};
+use crate::ingest::plan::Disposition;
+
+pub use self::memory::MemoryStore;
+pub use self::redis::RedisStore;
+
+/// Why the store could not do what was asked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or did not answer in time; retrying later is safe.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// The store refuses writes because it is out of memory (Redis `maxmemory`, `noeviction`).
+    #[error("storage is full: {0}")]
+    Full(String),
+    /// Other replicas kept changing the same instances; retrying is safe.
+    #[error("the same instances were being changed concurrently by another replica; retry")]
+    Contention,
+    /// The store answered something this version cannot read.
+    #[error("unexpected answer from the store: {0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    /// Whether a client should retry the same request later.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, StoreError::Internal(_))
+    }
+}
+
+/// A hash read back from the store: field -> integer value.
+pub type FieldMap = HashMap<String, i64>;
+
+/// What a store does. Handles are cheap to clone and shared by every task.
+pub trait Store: Clone + Send + Sync + 'static {
+    /// Applies validated events exactly once per instance and returns one disposition per
+    /// event, in order. When it returns `Ok`, every accepted event is committed.
+    ///
+    /// # Errors
+    /// When the store is unavailable or full; then nothing of the failed task groups is
+    /// applied, and retrying the same events is safe.
+    fn apply(
+        &self,
+        events: &[TaskEvent],
+        now: Micros,
+    ) -> impl Future<Output = Result<Vec<Disposition>, StoreError>> + Send;
+
+    /// The series (label sets) a task has.
+    ///
+    /// # Errors
+    /// When the store is unavailable.
+    fn series(
+        &self,
+        tenant: &Tenant,
+        task: &TaskName,
+    ) -> impl Future<Output = Result<Vec<(SeriesId, Labels)>, StoreError>> + Send;
+
+    /// Reads hashes (counters, histograms) by key; a missing key reads as empty.
+    ///
+    /// # Errors
+    /// When the store is unavailable.
+    fn read_hashes(&self, keys: Vec<String>) -> impl Future<Output = Result<Vec<FieldMap>, StoreError>> + Send;
+
+    /// The tasks a tenant has recorded.
+    ///
+    /// # Errors
+    /// When the store is unavailable.
+    fn tasks(&self, tenant: &Tenant) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Whether the store answers now (readiness).
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Groups a batch by `(tenant, task)`, keeping each event's index and the input order
+/// within a group. One group is one Redis slot.
+pub(crate) fn group_by_task(events: &[TaskEvent]) -> Vec<(String, Vec<(usize, &TaskEvent)>)> {
+    let mut groups: Vec<(String, Vec<(usize, &TaskEvent)>)> = Vec::new();
+    let mut index: HashMap<(&Tenant, &TaskName), usize> = HashMap::new();
+    for (i, event) in events.iter().enumerate() {
+        let slot = *index.entry((&event.tenant, &event.task)).or_insert_with(|| {
+            groups.push((keys::task_prefix(&event.tenant, &event.task), Vec::new()));
+            groups.len() - 1
+        });
+        groups[slot].1.push((i, event));
+    }
+    groups
+}
+
+/// Parses the series index hash (series hex -> labels JSON).
+pub(crate) fn parse_series(raw: HashMap<String, String>) -> Result<Vec<(SeriesId, Labels)>, StoreError> {
+    let mut out = Vec::with_capacity(raw.len());
+    for (id, json) in raw {
+        let id = SeriesId::from_hex(&id).ok_or_else(|| StoreError::Internal(format!("series id `{id}`")))?;
+        let map = serde_json::from_str(&json)
+            .map_err(|e| StoreError::Internal(format!("labels of series {}: {e}", id.to_hex())))?;
+        out.push((id, Labels::from_trusted(map)));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Any store, chosen at start from the configuration.
+#[derive(Debug, Clone)]
+pub enum AnyStore {
+    Memory(MemoryStore),
+    Redis(RedisStore),
+}
+
+impl Store for AnyStore {
+    async fn apply(&self, events: &[TaskEvent], now: Micros) -> Result<Vec<Disposition>, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.apply(events, now).await,
+            AnyStore::Redis(s) => s.apply(events, now).await,
+        }
+    }
+
+    async fn series(&self, tenant: &Tenant, task: &TaskName) -> Result<Vec<(SeriesId, Labels)>, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.series(tenant, task).await,
+            AnyStore::Redis(s) => s.series(tenant, task).await,
+        }
+    }
+
+    async fn read_hashes(&self, keys: Vec<String>) -> Result<Vec<FieldMap>, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.read_hashes(keys).await,
+            AnyStore::Redis(s) => s.read_hashes(keys).await,
+        }
+    }
+
+    async fn tasks(&self, tenant: &Tenant) -> Result<Vec<String>, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.tasks(tenant).await,
+            AnyStore::Redis(s) => s.tasks(tenant).await,
+        }
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.ping().await,
+            AnyStore::Redis(s) => s.ping().await,
+        }
+    }
+}

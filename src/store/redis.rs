@@ -1,0 +1,258 @@
+//! The Redis store: durable, shared by every replica.
+//!
+//! One commit round per task group: read the instance records the events refer to
+//! (`MGET`), plan the round in Rust ([`crate::ingest::plan`]), then run `commit.lua`, which
+//! re-checks those records and applies everything or nothing. A concurrent replica, or a
+//! command redis-rs resent after a lost reply, makes the check fail; the round is then
+//! re-read and re-planned, and the events it already applied show up as duplicates.
+//! Every key of a group shares one hash tag, so the same code fits Redis Cluster.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands as _, RedisError};
+
+use super::{FieldMap, Store, StoreError, group_by_task, keys, parse_series};
+use crate::domain::{Labels, Micros, SeriesId, TaskEvent, TaskName, Tenant};
+use crate::ingest::plan::{self, Disposition, Plan, Semantics};
+
+/// How often a round is re-planned after other replicas changed its instances.
+const MAX_ATTEMPTS: usize = 8;
+
+/// Timeouts of the Redis connection; keep them below the gRPC deadlines clients use.
+#[derive(Debug, Clone, Copy)]
+pub struct RedisTimeouts {
+    pub connect: Duration,
+    pub response: Duration,
+}
+
+impl Default for RedisTimeouts {
+    fn default() -> Self {
+        RedisTimeouts {
+            connect: Duration::from_secs(1),
+            response: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A cheap-to-clone handle on Redis (redis-rs' `ConnectionManager` is already a shared,
+/// multiplexed, self-reconnecting connection).
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    sem: Arc<Semantics>,
+    script: Arc<redis::Script>,
+    /// Tasks already in the task index; saves an `SADD` per round. Short critical
+    /// sections only, never held across `.await`.
+    indexed_tasks: Arc<Mutex<HashSet<(Tenant, TaskName)>>>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore").finish_non_exhaustive()
+    }
+}
+
+fn store_error(e: RedisError) -> StoreError {
+    if e.code() == Some("OOM") {
+        return StoreError::Full(format!(
+            "Redis is at maxmemory and refuses writes ({}); free memory or raise maxmemory",
+            e.detail().unwrap_or("OOM")
+        ));
+    }
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+        return StoreError::Unavailable(format!("Redis: {e}"));
+    }
+    match e.code() {
+        Some("LOADING" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY") => {
+            StoreError::Unavailable(format!("Redis: {e}"))
+        }
+        _ => StoreError::Internal(format!("Redis: {e}")),
+    }
+}
+
+impl RedisStore {
+    /// Opens a connection manager on `url` (`redis://host:port/db`). It connects lazily:
+    /// the service can start while Redis is down, and reports NOT_SERVING until it is up.
+    ///
+    /// # Errors
+    /// When the URL is not a Redis URL.
+    pub fn open(url: &str, timeouts: RedisTimeouts, sem: Arc<Semantics>) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::Internal(format!("the Redis URL `{url}` is not valid: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeouts.connect))
+            .set_response_timeout(Some(timeouts.response))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| StoreError::Internal(format!("cannot set up Redis connection to `{url}`: {e}")))?;
+        Ok(RedisStore {
+            conn,
+            sem,
+            script: Arc::new(redis::Script::new(include_str!("lua/commit.lua"))),
+            indexed_tasks: Arc::new(Mutex::new(HashSet::new())),
+        })
+    }
+
+    /// Reads a server setting (`CONFIG GET`), for the start-up checks.
+    ///
+    /// # Errors
+    /// When Redis is unavailable or refuses `CONFIG`.
+    pub async fn config_get(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        let pairs: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg(name)
+            .query_async(&mut conn)
+            .await
+            .map_err(store_error)?;
+        Ok(pairs.into_iter().nth(1))
+    }
+
+    async fn index_task(&self, tenant: &Tenant, task: &TaskName) -> Result<(), StoreError> {
+        let key = (tenant.clone(), task.clone());
+        if self.lock_indexed().contains(&key) {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let _: i64 = conn
+            .sadd(keys::task_index(tenant), task.as_str())
+            .await
+            .map_err(store_error)?;
+        self.lock_indexed().insert(key);
+        Ok(())
+    }
+
+    fn lock_indexed(&self) -> std::sync::MutexGuard<'_, HashSet<(Tenant, TaskName)>> {
+        self.indexed_tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads, plans and commits one task group, re-planning when the check fails.
+    async fn commit_group(
+        &self,
+        prefix: &str,
+        group: &[(usize, &TaskEvent)],
+        now: Micros,
+    ) -> Result<Vec<(usize, Disposition)>, StoreError> {
+        if let Some((_, first)) = group.first() {
+            self.index_task(&first.tenant, &first.task).await?;
+        }
+        let instance_keys = plan::instance_keys(prefix, group);
+        let mut conn = self.conn.clone();
+        for _attempt in 0..MAX_ATTEMPTS {
+            let values: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(&instance_keys)
+                .query_async(&mut conn)
+                .await
+                .map_err(store_error)?;
+            let read: HashMap<String, Option<String>> = instance_keys.iter().cloned().zip(values).collect();
+            let plan = plan::plan_task(prefix, group, &read, &self.sem, now);
+            if plan.instance_writes.is_empty() && plan.hash_writes.is_empty() {
+                // Only duplicates and rejections: nothing to write, nothing to check.
+                return Ok(plan.dispositions);
+            }
+            let changed: Vec<i64> = self
+                .invocation(&plan)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(store_error)?;
+            if changed.is_empty() {
+                return Ok(plan.dispositions);
+            }
+            tracing::debug!(
+                changed = changed.len(),
+                "instance records changed under the round; re-planning"
+            );
+        }
+        Err(StoreError::Contention)
+    }
+
+    fn invocation(&self, plan: &Plan) -> redis::ScriptInvocation<'_> {
+        let mut inv = self.script.prepare_invoke();
+        let n_series = if plan.series_writes.is_empty() {
+            0
+        } else {
+            plan.series_writes.len()
+        };
+        inv.arg(plan.instance_writes.len())
+            .arg(plan.hash_writes.len())
+            .arg(n_series);
+        for w in &plan.instance_writes {
+            inv.key(&w.key);
+            inv.arg(w.expected.as_deref().unwrap_or(""))
+                .arg(&w.new)
+                .arg(w.ttl_ms.max(1));
+        }
+        for h in &plan.hash_writes {
+            inv.key(&h.key);
+            inv.arg(h.expire_at_ms).arg(h.fields.len());
+            for (field, delta) in &h.fields {
+                inv.arg(field).arg(*delta);
+            }
+        }
+        if let Some(first) = plan.series_writes.first() {
+            inv.key(&first.key);
+            for s in &plan.series_writes {
+                inv.arg(&s.series).arg(&s.labels_json);
+            }
+        }
+        inv
+    }
+}
+
+impl Store for RedisStore {
+    async fn apply(&self, events: &[TaskEvent], now: Micros) -> Result<Vec<Disposition>, StoreError> {
+        let groups = group_by_task(events);
+        let results = futures::future::try_join_all(
+            groups
+                .iter()
+                .map(|(prefix, group)| self.commit_group(prefix, group, now)),
+        )
+        .await?;
+        let mut out = vec![Disposition::Duplicate; events.len()];
+        for (i, d) in results.into_iter().flatten() {
+            out[i] = d;
+        }
+        Ok(out)
+    }
+
+    async fn series(&self, tenant: &Tenant, task: &TaskName) -> Result<Vec<(SeriesId, Labels)>, StoreError> {
+        let mut conn = self.conn.clone();
+        let raw: HashMap<String, String> = conn
+            .hgetall(keys::series_index(&keys::task_prefix(tenant, task)))
+            .await
+            .map_err(store_error)?;
+        parse_series(raw)
+    }
+
+    async fn read_hashes(&self, keys: Vec<String>) -> Result<Vec<FieldMap>, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut out = Vec::with_capacity(keys.len());
+        // Pipelined in chunks, so one huge query does not hold one reply buffer of everything.
+        for chunk in keys.chunks(512) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.hgetall(key);
+            }
+            let maps: Vec<FieldMap> = pipe.query_async(&mut conn).await.map_err(store_error)?;
+            out.extend(maps);
+        }
+        Ok(out)
+    }
+
+    async fn tasks(&self, tenant: &Tenant) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut tasks: Vec<String> = conn.smembers(keys::task_index(tenant)).await.map_err(store_error)?;
+        tasks.sort();
+        Ok(tasks)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(store_error)?;
+        Ok(())
+    }
+}
