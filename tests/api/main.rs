@@ -1,0 +1,12 @@
+//! The one integration test binary: the service over real TCP, against the embedded
+//! store and real `redis-server` processes the tests start themselves.
+
+mod helpers;
+
+mod accuracy;
+mod backpressure;
+mod bad_input;
+mod conformance;
+mod gate;
+mod network;
+mod process;
