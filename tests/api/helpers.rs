@@ -15,11 +15,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
+use tasktime::App;
 use tasktime::config::Config;
 use tasktime::pb;
 use tasktime::pb::ingest_service_client::IngestServiceClient;
 use tasktime::pb::query_service_client::QueryServiceClient;
-use tasktime::App;
 use tonic::transport::Channel;
 
 pub type Ingest = IngestServiceClient<Channel>;
@@ -319,7 +319,11 @@ impl ServiceProcess {
                 continue;
             };
             if json["message"] == "listening" {
-                break json["addr"].as_str().expect("addr field").parse().expect("socket address");
+                break json["addr"]
+                    .as_str()
+                    .expect("addr field")
+                    .parse()
+                    .expect("socket address");
             }
         };
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -357,7 +361,10 @@ impl ServiceProcess {
             if let Some(status) = self.child.try_wait().expect("wait for tasktime") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "tasktime did not exit within {within:?} of SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "tasktime did not exit within {within:?} of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -410,11 +417,20 @@ pub fn finish(task: &str, id: &str, at: i64, outcome: pb::Outcome) -> pb::TaskEv
         instance_id: id.into(),
         at: Some(ts(at)),
         labels: HashMap::new(),
-        kind: Some(pb::task_event::Kind::Finish(pb::Finish { outcome: outcome as i32 })),
+        kind: Some(pb::task_event::Kind::Finish(pb::Finish {
+            outcome: outcome as i32,
+        })),
     }
 }
 
-pub fn completed(task: &str, id: &str, at: i64, duration_us: i64, outcome: pb::Outcome, l: &[(&str, &str)]) -> pb::TaskEvent {
+pub fn completed(
+    task: &str,
+    id: &str,
+    at: i64,
+    duration_us: i64,
+    outcome: pb::Outcome,
+    l: &[(&str, &str)],
+) -> pb::TaskEvent {
     pb::TaskEvent {
         task: task.into(),
         instance_id: id.into(),
@@ -447,7 +463,11 @@ pub fn stats_request(task: &str, from: i64, to: i64) -> pb::GetTaskStatsRequest 
 }
 
 pub async fn stats(client: &mut Query, request: pb::GetTaskStatsRequest) -> pb::TaskStats {
-    client.get_task_stats(request).await.expect("GetTaskStats succeeds").into_inner()
+    client
+        .get_task_stats(request)
+        .await
+        .expect("GetTaskStats succeeds")
+        .into_inner()
 }
 
 /// Duration to µs.

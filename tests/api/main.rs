@@ -1,6 +1,8 @@
 //! The one integration test binary: the service over real TCP, against the embedded
 //! store and real `redis-server` processes the tests start themselves.
 
+#![allow(unreachable_pub, missing_debug_implementations)]
+
 mod helpers;
 
 mod accuracy;
