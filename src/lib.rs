@@ -10,6 +10,7 @@
 //! - [`ingest`]: the pairing rules (pure) and the group committer (async).
 //! - [`store`]: the store trait, [`store::MemoryStore`] and [`store::RedisStore`].
 //! - [`query`]: stats over a selector, from merged buckets.
+//! - [`gate`]: release-gate statistics (percentile and rate intervals, verdicts); pure.
 //! - [`grpc`]: the tonic services, the one place that maps protobuf to domain types.
 //! - [`app`]: builds and runs the server; [`config`] and [`telemetry`] feed it.
 //! - [`cli`]: the `tasktime` subcommands.
@@ -19,6 +20,7 @@ pub mod buckets;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod gate;
 pub mod grpc;
 pub mod histogram;
 pub mod ingest;
