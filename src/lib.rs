@@ -10,6 +10,7 @@
 //! - [`ingest`]: the pairing rules (pure) and the group committer (async).
 //! - [`store`]: the store trait, [`store::MemoryStore`] and [`store::RedisStore`].
 //! - [`query`]: stats over a selector, from merged buckets.
+//! - [`ledger`]: the ledger load client that proves nothing acknowledged is lost or doubled.
 //! - [`gate`]: release-gate statistics (percentile and rate intervals, verdicts); pure.
 //! - [`grpc`]: the tonic services, the one place that maps protobuf to domain types.
 //! - [`app`]: builds and runs the server; [`config`] and [`telemetry`] feed it.
@@ -24,6 +25,7 @@ pub mod gate;
 pub mod grpc;
 pub mod histogram;
 pub mod ingest;
+pub mod ledger;
 pub mod pb;
 pub mod query;
 pub mod store;
