@@ -23,7 +23,11 @@ use crate::store::{AnyStore, MemoryStore, RedisStore, Store};
 
 /// Service names whose health is readiness (NOT_SERVING while the store is unreachable
 /// or the service drains). The empty name is liveness: SERVING while the process runs.
-pub const READINESS_SERVICES: [&str; 2] = ["tasktime.v1.IngestService", "tasktime.v1.QueryService"];
+pub const READINESS_SERVICES: [&str; 3] = [
+    "tasktime.v1.IngestService",
+    "tasktime.v1.QueryService",
+    "tasktime.v1.GateService",
+];
 
 /// How often readiness re-checks the store.
 const READINESS_INTERVAL: Duration = Duration::from_secs(1);
@@ -132,6 +136,7 @@ impl App {
             draining.clone(),
         );
         let query = QueryApi::new(store.clone(), derived.query.clone());
+        let gate = crate::grpc::GateApi::new(store.clone(), derived.query.clone());
 
         // Drain sequence, run inside tonic's shutdown future so the server keeps serving
         // while health already says NOT_SERVING.
@@ -160,6 +165,7 @@ impl App {
             .add_service(reflection_v1alpha)
             .add_service(pb::ingest_service_server::IngestServiceServer::new(ingest))
             .add_service(pb::query_service_server::QueryServiceServer::new(query))
+            .add_service(pb::gate_service_server::GateServiceServer::new(gate))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain);
         let mut server = tokio::spawn(server);
 

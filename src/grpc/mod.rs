@@ -2,6 +2,8 @@
 //! ([`convert`]), call the core, and map errors to `tonic::Status` ([`status`]).
 
 pub mod convert;
+pub mod gate;
+pub use gate::GateApi;
 pub mod ingest;
 pub mod query;
 pub mod status;
