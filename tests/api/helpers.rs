@@ -296,8 +296,15 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     /// Starts `tasktime serve --listen 127.0.0.1:0 <args>` and waits for its address.
     pub fn start(args: &[&str]) -> Self {
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        Self::start_raw(&all)
+    }
+
+    /// Starts `tasktime serve <args>` (the caller chooses `--listen`).
+    pub fn start_raw(args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tasktime"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["serve", "--log-format", "json"])
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -9,6 +9,7 @@ mod accuracy;
 mod backpressure;
 mod bad_input;
 mod conformance;
+mod faults;
 mod gate;
 mod network;
 mod process;
