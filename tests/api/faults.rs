@@ -454,3 +454,38 @@ impl FaultProxy {
         self.stop.cancel();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_warns_loudly_when_redis_can_lose_data() {
+    let lossy = RedisServer::start(RedisOptions {
+        extra: vec!["--maxmemory-policy".into(), "allkeys-lru".into()],
+        ..Default::default()
+    });
+    let service = service_on(free_port(), &lossy, &[]);
+    let safe = RedisServer::start(RedisOptions {
+        aof: true,
+        extra: vec!["--maxmemory-policy".into(), "noeviction".into()],
+        ..Default::default()
+    });
+    let quiet = service_on(free_port(), &safe, &[]);
+    // The checks run before the service listens; its log is complete by now.
+    let _ = (service.ingest().await, quiet.ingest().await);
+    let warnings = |s: &ServiceProcess| {
+        s.startup_log()
+            .into_iter()
+            .filter(|l| l.contains("\"WARN\""))
+            .collect::<Vec<_>>()
+    };
+    let loud = warnings(&service);
+    assert!(
+        loud.iter()
+            .any(|l| l.contains("maxmemory-policy") && l.contains("allkeys-lru")),
+        "{loud:#?}"
+    );
+    assert!(loud.iter().any(|l| l.contains("no persistence")), "{loud:#?}");
+    assert_eq!(
+        warnings(&quiet),
+        Vec::<String>::new(),
+        "no warning for AOF + noeviction"
+    );
+}

@@ -314,6 +314,7 @@ impl ServiceProcess {
         let stderr = child.stderr.take().expect("piped stderr");
         let mut lines = BufReader::new(stderr).lines();
         let deadline = Instant::now() + Duration::from_secs(20);
+        let mut startup = Vec::new();
         let addr = loop {
             assert!(Instant::now() < deadline, "tasktime serve did not log its address");
             let Some(Ok(line)) = lines.next() else {
@@ -322,6 +323,7 @@ impl ServiceProcess {
             if std::env::var_os("TEST_LOG").is_some() {
                 eprintln!("{line}");
             }
+            startup.push(line.clone());
             let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
@@ -333,7 +335,7 @@ impl ServiceProcess {
                     .expect("socket address");
             }
         };
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(startup));
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
@@ -348,6 +350,11 @@ impl ServiceProcess {
 
     pub async fn ingest(&self) -> Ingest {
         IngestServiceClient::new(connect(self.addr).await)
+    }
+
+    /// Every log line so far, from the first.
+    pub fn startup_log(&self) -> Vec<String> {
+        self.log.lock().expect("log lock").clone()
     }
 
     pub async fn query(&self) -> Query {

@@ -11,5 +11,6 @@ mod bad_input;
 mod conformance;
 mod faults;
 mod gate;
+mod model;
 mod network;
 mod process;
