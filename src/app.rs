@@ -114,7 +114,7 @@ impl App {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_service_status("", ServingStatus::Serving).await;
         set_readiness(&health, store.ping().await.is_ok()).await;
-        tracker.spawn(
+        let readiness = tracker.spawn(
             watch_readiness(store.clone(), health.clone(), stop_background.clone())
                 .instrument(tracing::info_span!("readiness")),
         );
@@ -150,7 +150,10 @@ impl App {
             async move {
                 shutdown.await;
                 tracing::info!(drain = ?drain_period, "stop requested: draining");
+                // Stop the readiness watcher first, so it cannot mark the service ready
+                // again after the drain said NOT_SERVING.
                 stop_background.cancel();
+                let _ = readiness.await;
                 set_readiness(&health, false).await;
                 tokio::time::sleep(drain_period).await;
                 draining.cancel();
@@ -211,7 +214,11 @@ async fn set_readiness(health: &HealthReporter, ready: bool) {
 async fn watch_readiness(store: AnyStore, health: HealthReporter, stop: CancellationToken) {
     let mut was_ready = None;
     loop {
-        let ready = match store.ping().await {
+        let ping = tokio::select! {
+            result = store.ping() => result,
+            () = stop.cancelled() => return,
+        };
+        let ready = match ping {
             Ok(()) => true,
             Err(e) => {
                 if was_ready != Some(false) {
@@ -224,9 +231,7 @@ async fn watch_readiness(store: AnyStore, health: HealthReporter, stop: Cancella
             if ready && was_ready.is_some() {
                 tracing::info!("store reachable again: readiness is SERVING");
             }
-            if !stop.is_cancelled() {
-                set_readiness(&health, ready).await;
-            }
+            set_readiness(&health, ready).await;
             was_ready = Some(ready);
         }
         tokio::select! {

@@ -143,24 +143,13 @@ pub async fn connect(addr: SocketAddr) -> Channel {
 // ---------------------------------------------------------------------------------------
 
 /// How a test Redis is started.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RedisOptions {
     /// AOF with `appendfsync always`: every acknowledged write is on disk.
     pub aof: bool,
     pub port: Option<u16>,
     pub dir: Option<PathBuf>,
     pub extra: Vec<String>,
-}
-
-impl Default for RedisOptions {
-    fn default() -> Self {
-        RedisOptions {
-            aof: false,
-            port: None,
-            dir: None,
-            extra: Vec::new(),
-        }
-    }
 }
 
 /// A `redis-server` process owned by a test; killed on drop.
