@@ -60,8 +60,19 @@ impl GateApi {
         )?;
         let windows = (baseline.range, candidate.range);
         let (baseline, candidate) = (arm_data(baseline), arm_data(candidate));
-        let outcome = gate::evaluate(&baseline, &candidate, &plan.criteria)
+        let mut outcome = gate::evaluate(&baseline, &candidate, &plan.criteria)
             .map_err(|e| status::invalid_argument(vec![gate_violation(&e)]))?;
+        if let Some(allowed) = plan.criteria.max_abandonment_rise_pp {
+            let decided = self.judge_abandonment(task, plan, allowed, now).await?;
+            for slot in outcome
+                .criteria
+                .iter_mut()
+                .filter(|r| r.kind == CriterionKind::AbandonmentRate)
+            {
+                *slot = decided.clone();
+            }
+            outcome.verdict = gate::Verdict::combine(outcome.criteria.iter().map(|r| r.verdict));
+        }
         Ok(Judged {
             task: task.clone(),
             mean_delta_us: match (baseline.mean_duration_us(), candidate.mean_duration_us()) {
@@ -73,6 +84,80 @@ impl GateApi {
             windows,
             outcome,
         })
+    }
+}
+
+impl GateApi {
+    /// The abandonment check, on the part of each arm whose abandonment is known.
+    ///
+    /// A start counts as abandoned only once `abandon_after` has passed without a finish
+    /// (see [`query::read_merged`]); until then it is in neither the numerator nor the
+    /// denominator, while the instances that did finish are. Read over the whole window,
+    /// a candidate rolled out less than `abandon_after` ago would show no abandonment at
+    /// all, with tight bounds: a PASS the data do not support. So this check reads each
+    /// arm only up to `now − abandon_after` (whole minutes), and is INCONCLUSIVE when that
+    /// leaves nothing of an arm's window.
+    async fn judge_abandonment(
+        &self,
+        task: &TaskName,
+        plan: &GatePlan,
+        allowed: f64,
+        now: Micros,
+    ) -> Result<gate::CriterionResult, Status> {
+        let minute = 60 * MICROS_PER_SEC;
+        let known_until = (now - self.settings.abandon_after).div_euclid(minute) * minute;
+        let decided = |arm: &Arm| {
+            let to = arm.range.to.min(known_until);
+            (arm.range.from < to).then(|| Arm {
+                filter: arm.filter.clone(),
+                range: TimeRange {
+                    from: arm.range.from,
+                    to,
+                },
+            })
+        };
+        let note = format!(
+            "abandonment is known only for starts at least {} old, so this check reads each arm up to {}",
+            humantime::format_duration(std::time::Duration::from_micros(
+                self.settings.abandon_after.unsigned_abs()
+            )),
+            fmt_ts(known_until)
+        );
+        let (Some(b), Some(c)) = (decided(&plan.baseline), decided(&plan.candidate)) else {
+            let late: Vec<&str> = [("baseline", &plan.baseline), ("candidate", &plan.candidate)]
+                .into_iter()
+                .filter(|(_, arm)| arm.range.from >= known_until)
+                .map(|(name, _)| name)
+                .collect();
+            return Ok(gate::CriterionResult {
+                name: "abandonment rate".into(),
+                kind: CriterionKind::AbandonmentRate,
+                verdict: gate::Verdict::Inconclusive,
+                baseline_value: None,
+                candidate_value: None,
+                change: None,
+                interval: None,
+                allowance: allowed,
+                baseline_samples: 0,
+                candidate_samples: 0,
+                delta_seconds_per_task: None,
+                reason: format!("the {} window starts too recently: {note}", late.join(" and ")),
+            });
+        };
+        let (baseline, candidate) = futures::try_join!(self.read_arm(task, &b, now), self.read_arm(task, &c, now))?;
+        let criteria = GateCriteria {
+            percentiles: Vec::new(),
+            max_success_drop_pp: None,
+            max_abandonment_rise_pp: Some(allowed),
+            ..plan.criteria.clone()
+        };
+        let mut result = gate::evaluate(&arm_data(baseline), &arm_data(candidate), &criteria)
+            .map_err(|e| status::invalid_argument(vec![gate_violation(&e)]))?
+            .criteria
+            .pop()
+            .ok_or_else(|| Status::internal("the abandonment check gave no result"))?;
+        result.reason = format!("{} ({note})", result.reason);
+        Ok(result)
     }
 }
 
