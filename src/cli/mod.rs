@@ -2,6 +2,7 @@
 //! `TASKTIME_*` environment variable.
 
 pub mod client;
+pub mod gate;
 pub mod record;
 pub mod serve;
 pub mod stats;
@@ -34,6 +35,9 @@ pub enum Command {
     Record(record::RecordArgs),
     /// Print stats for a task: counts, success, abandonment, percentiles, customer time.
     Stats(stats::StatsArgs),
+    /// Evaluate a release gate: is the candidate slower or less successful than the
+    /// baseline? Exits 0 pass, 1 fail, 2 usage or connection error, 3 inconclusive.
+    Gate(gate::GateArgs),
 }
 
 /// Parses a duration like `90s`, `15m`, `1h 30m`.
