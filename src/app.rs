@@ -51,6 +51,10 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
         let derived = config.validate()?;
         let store = match &config.redis_url {
+            _ if config.null_store => {
+                tracing::warn!("using the NULL store: every event is accepted and DROPPED; for benchmarks only");
+                AnyStore::Null(crate::store::NullStore)
+            }
             None => {
                 tracing::warn!(
                     "using the embedded in-memory store: data is NOT durable and is lost when the process exits; pass --redis-url for durable storage"

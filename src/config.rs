@@ -33,6 +33,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `None` = the embedded in-memory store.
     pub redis_url: Option<String>,
+    /// Benchmarks only: keep nothing (measures the transport's ceiling).
+    pub null_store: bool,
     pub redis_timeouts: RedisTimeouts,
     pub limits: Limits,
     pub abandon_after: Duration,
@@ -55,6 +57,7 @@ impl Default for Config {
                 .parse()
                 .expect("DEFAULT_LISTEN is a valid socket address"),
             redis_url: None,
+            null_store: false,
             redis_timeouts: RedisTimeouts::default(),
             limits: Limits::default(),
             abandon_after: Duration::from_secs(3600),

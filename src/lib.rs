@@ -14,9 +14,10 @@
 //! - [`gate`]: release-gate statistics (percentile and rate intervals, verdicts); pure.
 //! - [`grpc`]: the tonic services, the one place that maps protobuf to domain types.
 //! - [`app`]: builds and runs the server; [`config`] and [`telemetry`] feed it.
-//! - [`cli`]: the `tasktime` subcommands.
+//! - [`cli`]: the `tasktime` subcommands; [`bench`] is the load generator behind `tasktime bench`.
 
 pub mod app;
+pub mod bench;
 pub mod buckets;
 pub mod cli;
 pub mod config;

@@ -11,6 +11,7 @@ async fn main() -> std::process::ExitCode {
         Command::Serve(args) => cli::serve::run(args).await,
         Command::Record(args) => cli::record::run(args).await,
         Command::Stats(args) => cli::stats::run(args).await,
+        Command::Bench(args) => cli::bench::run(args).await,
         // The gate's verdict is its exit code; its errors exit 2 like every other.
         Command::Gate(args) => match cli::gate::run(args).await {
             Ok(code) => return std::process::ExitCode::from(code),

@@ -1,6 +1,7 @@
 //! The `tasktime` command line: one file per subcommand. Every flag also reads a
 //! `TASKTIME_*` environment variable.
 
+pub mod bench;
 pub mod client;
 pub mod gate;
 pub mod record;
@@ -38,6 +39,9 @@ pub enum Command {
     /// Evaluate a release gate: is the candidate slower or less successful than the
     /// baseline? Exits 0 pass, 1 fail, 2 usage or connection error, 3 inconclusive.
     Gate(gate::GateArgs),
+    /// Load generator: stream, batch, unary, query or gate load against a server, open
+    /// loop (--rate) or closed loop; --json prints one summary object.
+    Bench(bench::BenchArgs),
 }
 
 /// Parses a duration like `90s`, `15m`, `1h 30m`.

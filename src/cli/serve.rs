@@ -21,6 +21,9 @@ pub struct ServeArgs {
     /// Redis URL (redis://host:port/db). Without it: the embedded in-memory store, not durable.
     #[arg(long, env = "TASKTIME_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Benchmarks only: accept and drop every event (measures the transport's ceiling).
+    #[arg(long, env = "TASKTIME_NULL_STORE", conflicts_with = "redis_url")]
+    pub null_store: bool,
     /// A start with no finish within this long counts as abandoned.
     #[arg(long, env = "TASKTIME_ABANDON_AFTER", default_value = "1h", value_parser = parse_duration)]
     pub abandon_after: Duration,
@@ -90,6 +93,7 @@ impl ServeArgs {
         Config {
             listen: self.listen,
             redis_url: self.redis_url.clone().filter(|u| !u.is_empty()),
+            null_store: self.null_store,
             redis_timeouts: RedisTimeouts {
                 connect: self.redis_connect_timeout,
                 response: self.redis_response_timeout,

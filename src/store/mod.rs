@@ -4,6 +4,7 @@
 
 pub mod keys;
 pub mod memory;
+pub mod null;
 pub mod redis;
 
 use std::collections::HashMap;
@@ -13,6 +14,7 @@ use crate::domain::{Labels, Micros, SeriesId, TaskEvent, TaskName, Tenant};
 use crate::ingest::plan::Disposition;
 
 pub use self::memory::MemoryStore;
+pub use self::null::NullStore;
 pub use self::redis::RedisStore;
 
 /// Why the store could not do what was asked.
@@ -115,6 +117,8 @@ pub(crate) fn parse_series(raw: HashMap<String, String>) -> Result<Vec<(SeriesId
 pub enum AnyStore {
     Memory(MemoryStore),
     Redis(RedisStore),
+    /// Benchmarks only: keeps nothing.
+    Null(NullStore),
 }
 
 impl Store for AnyStore {
@@ -122,6 +126,7 @@ impl Store for AnyStore {
         match self {
             AnyStore::Memory(s) => s.apply(events, now).await,
             AnyStore::Redis(s) => s.apply(events, now).await,
+            AnyStore::Null(s) => s.apply(events, now).await,
         }
     }
 
@@ -129,6 +134,7 @@ impl Store for AnyStore {
         match self {
             AnyStore::Memory(s) => s.series(tenant, task).await,
             AnyStore::Redis(s) => s.series(tenant, task).await,
+            AnyStore::Null(s) => s.series(tenant, task).await,
         }
     }
 
@@ -136,6 +142,7 @@ impl Store for AnyStore {
         match self {
             AnyStore::Memory(s) => s.read_hashes(keys).await,
             AnyStore::Redis(s) => s.read_hashes(keys).await,
+            AnyStore::Null(s) => s.read_hashes(keys).await,
         }
     }
 
@@ -143,6 +150,7 @@ impl Store for AnyStore {
         match self {
             AnyStore::Memory(s) => s.tasks(tenant).await,
             AnyStore::Redis(s) => s.tasks(tenant).await,
+            AnyStore::Null(s) => s.tasks(tenant).await,
         }
     }
 
@@ -150,6 +158,7 @@ impl Store for AnyStore {
         match self {
             AnyStore::Memory(s) => s.ping().await,
             AnyStore::Redis(s) => s.ping().await,
+            AnyStore::Null(s) => s.ping().await,
         }
     }
 }

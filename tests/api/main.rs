@@ -8,6 +8,7 @@ mod helpers;
 mod accuracy;
 mod backpressure;
 mod bad_input;
+mod bench_smoke;
 mod conformance;
 mod faults;
 mod gate;

@@ -1,0 +1,618 @@
+//! The load generator behind `tasktime bench`: a realistic workload (start and finish
+//! pairs, lognormal durations, about 50 tasks × 4 releases × 3 platforms with a Zipf task
+//! mix, or completed events only) sent over several connections, open loop at a fixed
+//! rate or closed loop as fast as it goes.
+//!
+//! Open-loop latency is measured from each request's *intended* send time, so a server
+//! that stalls is charged for every request the stall delayed (no coordinated omission).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt as _};
+use hdrhistogram::Histogram;
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use rand_distr::{Distribution as _, LogNormal, Zipf};
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::domain::{MICROS_PER_SEC, Micros, now_micros};
+use crate::grpc::convert::{micros_duration, micros_timestamp};
+use crate::pb;
+use crate::pb::gate_service_client::GateServiceClient;
+use crate::pb::ingest_service_client::IngestServiceClient;
+use crate::pb::query_service_client::QueryServiceClient;
+
+/// What a bench run sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// RecordStream, `batch_size` events per request.
+    Stream,
+    /// Unary Record, `batch_size` events per call.
+    Batch,
+    /// Unary Record, one event per call.
+    Unary,
+    /// GetTaskStats over the preloaded data.
+    Query,
+    /// EvaluateGate (release r0 against r1) over the preloaded data.
+    Gate,
+}
+
+/// Which events the ingest modes send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// A start, and later its finish, per instance.
+    Pairs,
+    /// One client-timed completed event per instance.
+    Completed,
+}
+
+/// A bench run.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub server: String,
+    pub mode: Mode,
+    pub workload: Workload,
+    pub duration: Duration,
+    /// Requests (query, gate, unary) or events (stream, batch) per second, in total;
+    /// `None` = closed loop, as fast as it goes.
+    pub rate: Option<f64>,
+    pub connections: usize,
+    /// Requests in flight per connection.
+    pub concurrency: usize,
+    pub batch_size: usize,
+    pub tasks: usize,
+    pub releases: usize,
+    pub platforms: usize,
+    /// Zipf exponent of the task mix.
+    pub zipf: f64,
+    /// Instances preloaded before query and gate runs.
+    pub preload: usize,
+    pub seed: u64,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        BenchConfig {
+            server: crate::cli::DEFAULT_SERVER.to_owned(),
+            mode: Mode::Stream,
+            workload: Workload::Pairs,
+            duration: Duration::from_secs(10),
+            rate: None,
+            connections: 4,
+            concurrency: 8,
+            batch_size: 1000,
+            tasks: 50,
+            releases: 4,
+            platforms: 3,
+            zipf: 1.0,
+            preload: 20_000,
+            seed: 1,
+        }
+    }
+}
+
+/// Latency summary, µs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub p50: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+/// The one summary object `--json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub mode: Mode,
+    pub workload: Workload,
+    pub open_loop_rate: Option<f64>,
+    pub connections: usize,
+    pub concurrency: usize,
+    pub batch_size: usize,
+    pub requests: u64,
+    pub errors: u64,
+    pub events_sent: u64,
+    pub events_acked: u64,
+    pub duration_s: f64,
+    pub events_per_sec: f64,
+    pub requests_per_sec: f64,
+    /// Per request, from its intended send time (open loop) or its send time (closed loop).
+    pub latency_us: Latency,
+}
+
+/// Generates the workload's events for one worker.
+#[derive(Debug)]
+pub struct Generator {
+    rng: StdRng,
+    zipf: Zipf<f64>,
+    config: BenchConfig,
+    prefix: String,
+    next_id: u64,
+    /// Started instances waiting for their finish: (id, task, start at, duration).
+    open: VecDeque<(u64, usize, Micros, Micros)>,
+}
+
+impl Generator {
+    /// A generator for worker `worker`; ids are unique per run and worker.
+    ///
+    /// # Panics
+    /// Never for a validated config (at least one task, a positive exponent).
+    pub fn new(config: &BenchConfig, worker: usize, run: u64) -> Self {
+        Generator {
+            rng: StdRng::seed_from_u64(config.seed.wrapping_mul(7919).wrapping_add(worker as u64)),
+            zipf: Zipf::new(config.tasks.max(1) as f64, config.zipf.max(0.01)).expect("tasks >= 1, exponent > 0"),
+            config: config.clone(),
+            prefix: format!("b{run:x}-{worker}-"),
+            next_id: 0,
+            open: VecDeque::new(),
+        }
+    }
+
+    fn task_name(task: usize) -> String {
+        format!("bench-task-{task:02}")
+    }
+
+    fn labels(&mut self, task: usize, id: u64) -> std::collections::HashMap<String, String> {
+        // Release and platform follow the id so a start's labels are reproducible.
+        let release = (id as usize + task) % self.config.releases.max(1);
+        let platform = (id as usize / 7) % self.config.platforms.max(1);
+        [
+            ("release".to_owned(), format!("r{release}")),
+            (
+                "platform".to_owned(),
+                ["ios", "android", "web", "desktop"][platform % 4].to_owned(),
+            ),
+        ]
+        .into()
+    }
+
+    fn duration(&mut self, task: usize) -> Micros {
+        // Each task has its own typical duration, from 1 s to about a minute.
+        let median = 1e6 * (1.0 + (task % 10) as f64 * 6.0);
+        let d = LogNormal::new(median.ln(), 0.8)
+            .expect("valid lognormal")
+            .sample(&mut self.rng);
+        (d as i64).clamp(1_000, 600 * MICROS_PER_SEC)
+    }
+
+    /// The next `n` events: for pairs, finishes of instances started in earlier batches
+    /// and starts of new ones, about half each; for completed, `n` completed events.
+    pub fn batch(&mut self, n: usize) -> Vec<pb::TaskEvent> {
+        let mut events = Vec::with_capacity(n);
+        let now = now_micros();
+        while events.len() < n {
+            let finish_now = self.config.workload == Workload::Pairs && self.open.len() > n / 2;
+            if finish_now {
+                let Some((id, task, start, duration)) = self.open.pop_front() else {
+                    break;
+                };
+                events.push(pb::TaskEvent {
+                    task: Self::task_name(task),
+                    instance_id: format!("{}{id}", self.prefix),
+                    at: Some(micros_timestamp(start + duration)),
+                    labels: Default::default(),
+                    kind: Some(pb::task_event::Kind::Finish(pb::Finish {
+                        outcome: if self.rng.random_ratio(19, 20) {
+                            pb::Outcome::Succeeded as i32
+                        } else {
+                            pb::Outcome::Failed as i32
+                        },
+                    })),
+                });
+                continue;
+            }
+            let task = (self.zipf.sample(&mut self.rng) as usize).saturating_sub(1) % self.config.tasks.max(1);
+            let id = self.next_id;
+            self.next_id += 1;
+            let duration = self.duration(task);
+            let labels = self.labels(task, id);
+            // Backdated so the finish is not in the future.
+            let start = now - duration - MICROS_PER_SEC;
+            match self.config.workload {
+                Workload::Pairs => {
+                    events.push(pb::TaskEvent {
+                        task: Self::task_name(task),
+                        instance_id: format!("{}{id}", self.prefix),
+                        at: Some(micros_timestamp(start)),
+                        labels,
+                        kind: Some(pb::task_event::Kind::Start(pb::Start {})),
+                    });
+                    self.open.push_back((id, task, start, duration));
+                }
+                Workload::Completed => events.push(pb::TaskEvent {
+                    task: Self::task_name(task),
+                    instance_id: format!("{}{id}", self.prefix),
+                    at: Some(micros_timestamp(start + duration)),
+                    labels,
+                    kind: Some(pb::task_event::Kind::Completed(pb::Completed {
+                        duration: Some(micros_duration(i128::from(duration))),
+                        outcome: pb::Outcome::Succeeded as i32,
+                    })),
+                }),
+            }
+        }
+        events
+    }
+}
+
+/// Per-worker tallies, merged at the end.
+#[derive(Debug)]
+struct Tally {
+    latency: Histogram<u64>,
+    requests: u64,
+    errors: u64,
+    events_sent: u64,
+    events_acked: u64,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Tally {
+            latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+            requests: 0,
+            errors: 0,
+            events_sent: 0,
+            events_acked: 0,
+        }
+    }
+
+    fn merge(&mut self, other: &Tally) {
+        let _ = self.latency.add(&other.latency);
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.events_sent += other.events_sent;
+        self.events_acked += other.events_acked;
+    }
+
+    fn record(&mut self, since: Instant) {
+        let us = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let _ = self.latency.record(us.clamp(1, 60_000_000));
+    }
+}
+
+async fn channel(server: &str) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(server.to_owned())?
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+        .connect()
+        .await?)
+}
+
+/// Runs a bench and returns its summary.
+///
+/// # Errors
+/// Bad configuration or no server.
+pub async fn run(config: &BenchConfig) -> anyhow::Result<Summary> {
+    anyhow::ensure!(config.connections >= 1, "--connections must be at least 1");
+    anyhow::ensure!(config.concurrency >= 1, "--concurrency must be at least 1");
+    anyhow::ensure!(config.batch_size >= 1, "--batch-size must be at least 1");
+    anyhow::ensure!(config.tasks >= 1, "--tasks must be at least 1");
+    if let Some(rate) = config.rate {
+        anyhow::ensure!(rate > 0.0 && rate.is_finite(), "--rate must be positive, not {rate}");
+    }
+    let run_id: u64 = rand::random();
+    if matches!(config.mode, Mode::Query | Mode::Gate) {
+        preload(config, run_id).await?;
+    }
+    let mut channels = Vec::with_capacity(config.connections);
+    for _ in 0..config.connections {
+        channels.push(channel(&config.server).await?);
+    }
+    let started = Instant::now();
+    let deadline = started + config.duration;
+    let mut workers = Vec::new();
+    for (w, ch) in channels.into_iter().enumerate() {
+        let config = config.clone();
+        workers.push(tokio::spawn(async move {
+            worker(&config, w, run_id, ch, started, deadline).await
+        }));
+    }
+    let mut total = Tally::new();
+    for w in workers {
+        total.merge(&w.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let l = &total.latency;
+    Ok(Summary {
+        mode: config.mode,
+        workload: config.workload,
+        open_loop_rate: config.rate,
+        connections: config.connections,
+        concurrency: config.concurrency,
+        batch_size: effective_batch(config),
+        requests: total.requests,
+        errors: total.errors,
+        events_sent: total.events_sent,
+        events_acked: total.events_acked,
+        duration_s: elapsed,
+        events_per_sec: total.events_acked as f64 / elapsed,
+        requests_per_sec: total.requests as f64 / elapsed,
+        latency_us: Latency {
+            p50: l.value_at_quantile(0.5),
+            p99: l.value_at_quantile(0.99),
+            p999: l.value_at_quantile(0.999),
+            max: l.max(),
+        },
+    })
+}
+
+fn effective_batch(config: &BenchConfig) -> usize {
+    match config.mode {
+        Mode::Unary => 1,
+        Mode::Query | Mode::Gate => 0,
+        Mode::Stream | Mode::Batch => config.batch_size,
+    }
+}
+
+/// Sends `preload` instances (completed events, releases r0..) for query and gate runs.
+async fn preload(config: &BenchConfig, run: u64) -> anyhow::Result<()> {
+    let mut client = IngestServiceClient::new(channel(&config.server).await?);
+    let mut generator = Generator::new(
+        &BenchConfig {
+            workload: Workload::Completed,
+            ..config.clone()
+        },
+        usize::MAX,
+        run,
+    );
+    let mut left = config.preload;
+    while left > 0 {
+        let n = left.min(5_000);
+        client
+            .record(pb::RecordRequest {
+                events: generator.batch(n),
+            })
+            .await?;
+        left -= n;
+    }
+    Ok(())
+}
+
+/// The intended send time of request `k` of a worker sending `per_worker` per second.
+fn intended(started: Instant, k: u64, per_worker: f64) -> Instant {
+    started + Duration::from_secs_f64(k as f64 / per_worker)
+}
+
+async fn worker(
+    config: &BenchConfig,
+    w: usize,
+    run: u64,
+    channel: Channel,
+    started: Instant,
+    deadline: Instant,
+) -> anyhow::Result<Tally> {
+    let batch = effective_batch(config).max(1);
+    // Requests per second this worker sends when open loop.
+    let per_worker = config.rate.map(|r| {
+        r / config.connections as f64
+            / if matches!(config.mode, Mode::Stream | Mode::Batch) {
+                batch as f64
+            } else {
+                1.0
+            }
+    });
+    match config.mode {
+        Mode::Stream => stream_worker(config, w, run, channel, started, deadline, per_worker).await,
+        _ => unary_worker(config, w, run, channel, started, deadline, per_worker).await,
+    }
+}
+
+async fn unary_worker(
+    config: &BenchConfig,
+    w: usize,
+    run: u64,
+    channel: Channel,
+    started: Instant,
+    deadline: Instant,
+    per_worker: Option<f64>,
+) -> anyhow::Result<Tally> {
+    let mut tally = Tally::new();
+    let mut generator = Generator::new(config, w, run);
+    let ingest = IngestServiceClient::new(channel.clone());
+    let query = QueryServiceClient::new(channel.clone());
+    let gate = GateServiceClient::new(channel);
+    let mut in_flight = FuturesUnordered::new();
+    let mut k: u64 = 0;
+    let batch = effective_batch(config).max(1);
+    let mut rng = StdRng::seed_from_u64(config.seed.wrapping_add(w as u64));
+    loop {
+        let now = Instant::now();
+        let next_due = per_worker.map(|r| intended(started, k, r));
+        let may_send = now < deadline && in_flight.len() < config.concurrency && next_due.is_none_or(|due| due <= now);
+        if may_send {
+            let sent_at = next_due.unwrap_or(now);
+            k += 1;
+            let fut: futures::future::BoxFuture<'static, (Instant, u64, Result<u64, tonic::Status>)> = match config.mode
+            {
+                Mode::Query => {
+                    let mut q = query.clone();
+                    let task = rng.random_range(0..config.tasks.clamp(1, 10));
+                    let request = pb::GetTaskStatsRequest {
+                        task: Generator::task_name(task),
+                        from: Some(micros_timestamp(now_micros() - 30 * 86_400 * MICROS_PER_SEC)),
+                        ..Default::default()
+                    };
+                    Box::pin(async move { (sent_at, 0, q.get_task_stats(request).await.map(|_| 0)) })
+                }
+                Mode::Gate => {
+                    let mut g = gate.clone();
+                    let task = rng.random_range(0..config.tasks.clamp(1, 10));
+                    let arm = |r: &str| pb::Selector {
+                        filter: [("release".to_owned(), r.to_owned())].into(),
+                        ..Default::default()
+                    };
+                    let request = pb::EvaluateGateRequest {
+                        tasks: vec![Generator::task_name(task)],
+                        baseline: Some(arm("r0")),
+                        candidate: Some(arm("r1")),
+                        percentiles: vec![pb::PercentileCriterion {
+                            percentile: 90.0,
+                            max_increase_ratio: Some(0.1),
+                            max_increase: None,
+                        }],
+                        min_samples: 10,
+                        ..Default::default()
+                    };
+                    Box::pin(async move { (sent_at, 0, g.evaluate_gate(request).await.map(|_| 0)) })
+                }
+                _ => {
+                    let mut c = ingest.clone();
+                    let events = generator.batch(batch);
+                    let n = events.len() as u64;
+                    Box::pin(async move {
+                        let r = c.record(pb::RecordRequest { events }).await.map(|r| {
+                            let r = r.into_inner();
+                            u64::from(r.accepted + r.duplicates)
+                        });
+                        (sent_at, n, r)
+                    })
+                }
+            };
+            in_flight.push(fut);
+            continue;
+        }
+        if in_flight.is_empty() && now >= deadline {
+            break;
+        }
+        // Wait for a reply, or for the next intended send time.
+        let wake = match next_due {
+            Some(due) if now < deadline && in_flight.len() < config.concurrency => Some(due),
+            _ => None,
+        };
+        tokio::select! {
+            Some((sent_at, n, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                tally.requests += 1;
+                tally.events_sent += n;
+                tally.record(sent_at);
+                match result {
+                    Ok(acked) => tally.events_acked += acked,
+                    Err(_) => tally.errors += 1,
+                }
+            }
+            () = async {
+                match wake {
+                    Some(due) => tokio::time::sleep_until(due.into()).await,
+                    None => tokio::time::sleep_until(deadline.into()).await,
+                }
+            } => {}
+        }
+    }
+    Ok(tally)
+}
+
+async fn stream_worker(
+    config: &BenchConfig,
+    w: usize,
+    run: u64,
+    channel: Channel,
+    started: Instant,
+    deadline: Instant,
+    per_worker: Option<f64>,
+) -> anyhow::Result<Tally> {
+    let mut tally = Tally::new();
+    let mut generator = Generator::new(config, w, run);
+    let mut client = IngestServiceClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::RecordRequest>(config.concurrency);
+    let mut responses = client
+        .record_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    // Send times and sizes of the requests awaiting their (in-order) responses.
+    let mut pending: VecDeque<(Instant, u64)> = VecDeque::new();
+    let mut k: u64 = 0;
+    let mut tx = Some(tx);
+    loop {
+        let now = Instant::now();
+        let next_due = per_worker.map(|r| intended(started, k, r));
+        if now >= deadline {
+            tx = None; // half-close: the server answers what it has, then ends the stream
+        }
+        let may_send = tx.is_some() && pending.len() < config.concurrency && next_due.is_none_or(|due| due <= now);
+        if may_send {
+            let events = generator.batch(config.batch_size);
+            let n = events.len() as u64;
+            let sender = tx.as_ref().expect("checked above");
+            if sender.send(pb::RecordRequest { events }).await.is_err() {
+                break;
+            }
+            pending.push_back((next_due.unwrap_or(now), n));
+            k += 1;
+            continue;
+        }
+        if tx.is_none() && pending.is_empty() {
+            break;
+        }
+        let wake = match next_due {
+            Some(due) if tx.is_some() && pending.len() < config.concurrency => due,
+            _ => deadline,
+        };
+        tokio::select! {
+            message = responses.message() => match message {
+                Ok(Some(r)) => {
+                    let (sent_at, n) = pending.pop_front().unwrap_or((now, 0));
+                    tally.requests += 1;
+                    tally.events_sent += n;
+                    tally.events_acked += u64::from(r.accepted + r.duplicates);
+                    tally.record(sent_at);
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    tally.errors += 1;
+                    break;
+                }
+            },
+            () = tokio::time::sleep_until(wake.into()), if tx.is_some() => {}
+        }
+    }
+    // Requests that never got a response count as sent and failed.
+    for (_, n) in pending {
+        tally.requests += 1;
+        tally.errors += 1;
+        tally.events_sent += n;
+    }
+    Ok(tally)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_finish_only_instances_started_in_earlier_batches() {
+        let mut g = Generator::new(&BenchConfig::default(), 0, 1);
+        let first = g.batch(100);
+        assert!(
+            first
+                .iter()
+                .all(|e| matches!(e.kind, Some(pb::task_event::Kind::Start(_))))
+        );
+        let second = g.batch(100);
+        let finishes: Vec<_> = second
+            .iter()
+            .filter(|e| matches!(e.kind, Some(pb::task_event::Kind::Finish(_))))
+            .collect();
+        assert!(finishes.len() >= 40, "about half finish: {}", finishes.len());
+        let started: std::collections::HashSet<_> = first.iter().map(|e| e.instance_id.clone()).collect();
+        assert!(finishes.iter().all(|f| started.contains(&f.instance_id)));
+    }
+
+    #[test]
+    fn the_task_mix_is_skewed() {
+        let config = BenchConfig {
+            workload: Workload::Completed,
+            ..BenchConfig::default()
+        };
+        let mut g = Generator::new(&config, 0, 1);
+        let events = g.batch(10_000);
+        let top = events.iter().filter(|e| e.task == "bench-task-00").count();
+        let tail = events.iter().filter(|e| e.task == "bench-task-49").count();
+        assert!(top > 10 * tail.max(1), "Zipf: top {top}, tail {tail}");
+        let tasks: std::collections::HashSet<_> = events.iter().map(|e| e.task.clone()).collect();
+        assert!(tasks.len() >= 40, "{} tasks", tasks.len());
+    }
+}

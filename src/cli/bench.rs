@@ -1,0 +1,105 @@
+//! `tasktime bench`: a load generator to point at any tasktime deployment. Prints a
+//! table, or one JSON summary object with `--json`.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::bench::{self, BenchConfig, Mode, Workload};
+
+/// Flags of `tasktime bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The tasktime server.
+    #[arg(long, env = "TASKTIME_SERVER", default_value = super::DEFAULT_SERVER)]
+    pub server: String,
+    /// What to send: stream (RecordStream batches), batch (Record with --batch-size events),
+    /// unary (one event per Record), query (GetTaskStats), gate (EvaluateGate).
+    #[arg(long, value_enum, default_value_t = Mode::Stream)]
+    pub mode: Mode,
+    /// pairs (a start and later its finish per instance) or completed (client-timed).
+    #[arg(long, value_enum, default_value_t = Workload::Pairs)]
+    pub workload: Workload,
+    /// How long to send.
+    #[arg(long, default_value = "10s", value_parser = super::parse_duration)]
+    pub duration: Duration,
+    /// Open loop: events/s (stream, batch) or requests/s (unary, query, gate) in total;
+    /// latency is measured from each request's intended send time. None: closed loop.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// gRPC connections (one worker each).
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Events per request in stream and batch modes.
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: usize,
+    /// Distinct tasks in the workload (Zipf-distributed).
+    #[arg(long, default_value_t = 50)]
+    pub tasks: usize,
+    /// Releases per task.
+    #[arg(long, default_value_t = 4)]
+    pub releases: usize,
+    /// Platforms per task.
+    #[arg(long, default_value_t = 3)]
+    pub platforms: usize,
+    /// Zipf exponent of the task mix.
+    #[arg(long, default_value_t = 1.0)]
+    pub zipf: f64,
+    /// Instances preloaded before query and gate runs.
+    #[arg(long, default_value_t = 20_000)]
+    pub preload: usize,
+    /// Random seed of the workload.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print one JSON summary object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the bench and prints its summary.
+///
+/// # Errors
+/// Bad flags or no server.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let config = BenchConfig {
+        server: args.server,
+        mode: args.mode,
+        workload: args.workload,
+        duration: args.duration,
+        rate: args.rate,
+        connections: args.connections,
+        concurrency: args.concurrency,
+        batch_size: args.batch_size,
+        tasks: args.tasks,
+        releases: args.releases,
+        platforms: args.platforms,
+        zipf: args.zipf,
+        preload: args.preload,
+        seed: args.seed,
+    };
+    let summary = bench::run(&config).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!(
+            "{:?} {:?}: {} requests ({} errors), {} events acked in {:.1} s = {:.0} events/s, {:.0} requests/s",
+            summary.mode,
+            summary.workload,
+            summary.requests,
+            summary.errors,
+            summary.events_acked,
+            summary.duration_s,
+            summary.events_per_sec,
+            summary.requests_per_sec
+        );
+        let l = &summary.latency_us;
+        println!(
+            "latency per request: p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
+            l.p50, l.p99, l.p999, l.max
+        );
+    }
+    Ok(())
+}
