@@ -141,14 +141,33 @@ impl RedisStore {
             self.index_task(&first.tenant, &first.task).await?;
         }
         let instance_keys = plan::instance_keys(prefix, group);
+        // The first attempt is optimistic: only a finish needs its start's record to be
+        // planned; starts and completed events are planned as if their record were absent,
+        // which is what the script checks (SET NX). A retry, a duplicate or a pending
+        // finish makes that check fail, and the next attempt reads every record.
+        let finish_keys: Vec<String> = {
+            let mut keys: Vec<String> = group
+                .iter()
+                .filter(|(_, e)| matches!(e.kind, crate::domain::EventKind::Finish(_)))
+                .map(|(_, e)| keys::instance(prefix, e.instance_id.as_str()))
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            keys
+        };
         let mut conn = self.conn.clone();
-        for _attempt in 0..MAX_ATTEMPTS {
-            let values: Vec<Option<String>> = redis::cmd("MGET")
-                .arg(&instance_keys)
-                .query_async(&mut conn)
-                .await
-                .map_err(store_error)?;
-            let read: HashMap<String, Option<String>> = instance_keys.iter().cloned().zip(values).collect();
+        for attempt in 0..MAX_ATTEMPTS {
+            let to_read = if attempt == 0 { &finish_keys } else { &instance_keys };
+            let values: Vec<Option<String>> = if to_read.is_empty() {
+                Vec::new()
+            } else {
+                redis::cmd("MGET")
+                    .arg(to_read)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(store_error)?
+            };
+            let read: HashMap<String, Option<String>> = to_read.iter().cloned().zip(values).collect();
             let plan = plan::plan_task(prefix, group, &read, &self.sem, now);
             if plan.instance_writes.is_empty() && plan.hash_writes.is_empty() {
                 // Only duplicates and rejections: nothing to write, nothing to check.
