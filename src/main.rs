@@ -9,7 +9,12 @@ async fn main() -> std::process::ExitCode {
     tasktime::telemetry::init(cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => cli::serve::run(args).await,
-        Command::Record(args) => cli::record::run(args).await,
+        // Rejected lines exit 1 (the rest were applied); errors exit 2.
+        Command::Record(args) => match cli::record::run(args).await {
+            Ok(true) => Ok(()),
+            Ok(false) => return std::process::ExitCode::from(1),
+            Err(e) => Err(e),
+        },
         Command::Stats(args) => cli::stats::run(args).await,
         Command::Bench(args) => cli::bench::run(args).await,
         // The gate's verdict is its exit code; its errors exit 2 like every other.

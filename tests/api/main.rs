@@ -9,6 +9,7 @@ mod accuracy;
 mod backpressure;
 mod bad_input;
 mod bench_smoke;
+mod cli;
 mod conformance;
 mod faults;
 mod gate;
