@@ -7,12 +7,23 @@ use crate::helpers::*;
 
 fn bench(addr: std::net::SocketAddr, args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_tasktime"))
-        .args(["bench", "--server", &format!("http://{addr}"), "--duration", "1s", "--json"])
+        .args([
+            "bench",
+            "--server",
+            &format!("http://{addr}"),
+            "--duration",
+            "1s",
+            "--json",
+        ])
         .args(["--connections", "2", "--preload", "2000"])
         .args(args)
         .output()
         .expect("run tasktime bench");
-    assert!(out.status.success(), "bench {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "bench {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("one JSON summary object")
 }
 
@@ -28,7 +39,14 @@ async fn every_mode_runs_and_reports_the_documented_summary() {
         vec!["--mode", "gate"],
     ] {
         let s = bench(app.addr, &args);
-        for field in ["mode", "events_sent", "events_acked", "duration_s", "events_per_sec", "latency_us"] {
+        for field in [
+            "mode",
+            "events_sent",
+            "events_acked",
+            "duration_s",
+            "events_per_sec",
+            "latency_us",
+        ] {
             assert!(!s[field].is_null(), "{args:?}: summary lacks {field}: {s}");
         }
         for q in ["p50", "p99", "p999", "max"] {
@@ -38,7 +56,10 @@ async fn every_mode_runs_and_reports_the_documented_summary() {
         assert!(s["requests"].as_u64().unwrap_or(0) > 0, "{args:?}: {s}");
         if !matches!(args[1], "query" | "gate") {
             assert!(s["events_acked"].as_u64().unwrap_or(0) > 0, "{args:?}: {s}");
-            assert_eq!(s["events_acked"], s["events_sent"], "{args:?}: every event acknowledged: {s}");
+            assert_eq!(
+                s["events_acked"], s["events_sent"],
+                "{args:?}: every event acknowledged: {s}"
+            );
         }
     }
     app.stop().await;
