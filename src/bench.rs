@@ -184,9 +184,15 @@ impl Generator {
     pub fn batch(&mut self, n: usize) -> Vec<pb::TaskEvent> {
         let mut events = Vec::with_capacity(n);
         let now = now_micros();
+        // Finishes only of instances started in earlier batches: at most half the batch.
+        let mut finishes = if self.config.workload == Workload::Pairs {
+            self.open.len().min(n / 2)
+        } else {
+            0
+        };
         while events.len() < n {
-            let finish_now = self.config.workload == Workload::Pairs && self.open.len() > n / 2;
-            if finish_now {
+            if finishes > 0 {
+                finishes -= 1;
                 let Some((id, task, start, duration)) = self.open.pop_front() else {
                     break;
                 };
