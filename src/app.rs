@@ -108,6 +108,7 @@ impl App {
             config.queue_capacity_events,
             config.max_round_events,
             config.commit_timeout,
+            config.commit_concurrency,
         );
         let committer_done = tracker.spawn(
             committer

@@ -24,6 +24,8 @@ pub const DEFAULT_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_DRAIN_PERIOD: Duration = Duration::from_secs(1);
 /// After the listener closes, in-flight RPCs and the last commit get this long.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(25);
+/// Commit rounds in flight at once: the next round is planned while the store runs the last.
+pub const DEFAULT_COMMIT_CONCURRENCY: usize = 4;
 /// Requests of one RecordStream processed concurrently (responses stay in order).
 pub const DEFAULT_STREAM_CONCURRENCY: usize = 16;
 
@@ -45,6 +47,7 @@ pub struct Config {
     pub queue_capacity_events: usize,
     pub max_round_events: usize,
     pub commit_timeout: Duration,
+    pub commit_concurrency: usize,
     pub drain_period: Duration,
     pub grace_period: Duration,
     pub stream_concurrency: usize,
@@ -68,6 +71,7 @@ impl Default for Config {
             queue_capacity_events: DEFAULT_QUEUE_CAPACITY_EVENTS,
             max_round_events: DEFAULT_MAX_ROUND_EVENTS,
             commit_timeout: DEFAULT_COMMIT_TIMEOUT,
+            commit_concurrency: DEFAULT_COMMIT_CONCURRENCY,
             drain_period: DEFAULT_DRAIN_PERIOD,
             grace_period: DEFAULT_GRACE_PERIOD,
             stream_concurrency: DEFAULT_STREAM_CONCURRENCY,
@@ -139,6 +143,13 @@ impl Config {
             return Err(err(
                 "--max-round-events",
                 "TASKTIME_MAX_ROUND_EVENTS",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.commit_concurrency == 0 {
+            return Err(err(
+                "--commit-concurrency",
+                "TASKTIME_COMMIT_CONCURRENCY",
                 "must be at least 1".into(),
             ));
         }

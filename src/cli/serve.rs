@@ -66,6 +66,9 @@ pub struct ServeArgs {
     /// A commit round that takes longer fails with UNAVAILABLE (retrying is safe).
     #[arg(long, env = "TASKTIME_COMMIT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub commit_timeout: Duration,
+    /// Commit rounds in flight at once.
+    #[arg(long, env = "TASKTIME_COMMIT_CONCURRENCY", default_value_t = config::DEFAULT_COMMIT_CONCURRENCY)]
+    pub commit_concurrency: usize,
     /// Redis connect timeout.
     #[arg(long, env = "TASKTIME_REDIS_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub redis_connect_timeout: Duration,
@@ -116,6 +119,7 @@ impl ServeArgs {
             queue_capacity_events: self.queue_capacity,
             max_round_events: self.max_round_events,
             commit_timeout: self.commit_timeout,
+            commit_concurrency: self.commit_concurrency,
             drain_period: self.drain_period,
             grace_period: self.grace_period,
             stream_concurrency: self.stream_concurrency,

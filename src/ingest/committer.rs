@@ -103,6 +103,8 @@ pub struct Committer<S> {
     store: S,
     max_round_events: usize,
     commit_timeout: Duration,
+    /// Rounds in flight at once.
+    concurrency: usize,
 }
 
 impl<S: Store> Committer<S> {
@@ -113,6 +115,7 @@ impl<S: Store> Committer<S> {
         capacity_events: usize,
         max_round_events: usize,
         commit_timeout: Duration,
+        concurrency: usize,
     ) -> (Self, IngestHandle) {
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = IngestHandle {
@@ -126,66 +129,81 @@ impl<S: Store> Committer<S> {
                 store,
                 max_round_events,
                 commit_timeout,
+                concurrency: concurrency.max(1),
             },
             handle,
         )
     }
 
     /// Runs rounds until `stop` is cancelled and then until every queued batch is
-    /// committed (the last commit always finishes) and every handle is dropped.
+    /// committed (the last commit always finishes).
+    ///
+    /// Up to `concurrency` rounds are in flight at once, so the next round is planned
+    /// while the store executes the last one. Rounds may touch the same instances: the
+    /// store's check-and-set makes the later one re-read and re-plan, never double count.
     pub async fn run(mut self, stop: CancellationToken) {
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        let mut closed = false;
         loop {
-            let first = tokio::select! {
-                job = self.rx.recv() => job,
-                () = stop.cancelled() => {
-                    // Take no new handles' work beyond what is queued: drain and finish.
+            tokio::select! {
+                biased;
+                Some(()) = futures::StreamExt::next(&mut in_flight), if !in_flight.is_empty() => {}
+                () = stop.cancelled(), if !closed => {
+                    // Take nothing new; what is queued is still committed.
                     self.rx.close();
-                    self.rx.recv().await
+                    closed = true;
                 }
-            };
-            let Some(first) = first else { break };
-            let mut jobs = vec![first];
-            let mut events = jobs[0].events.len();
-            while events < self.max_round_events {
-                match self.rx.try_recv() {
-                    Ok(job) => {
-                        events += job.events.len();
-                        jobs.push(job);
+                job = self.rx.recv(), if in_flight.len() < self.concurrency => {
+                    let Some(first) = job else {
+                        // Closed and drained: finish the rounds in flight, then stop.
+                        while futures::StreamExt::next(&mut in_flight).await.is_some() {}
+                        break;
+                    };
+                    let mut jobs = vec![first];
+                    let mut events = jobs[0].events.len();
+                    while events < self.max_round_events {
+                        match self.rx.try_recv() {
+                            Ok(job) => {
+                                events += job.events.len();
+                                jobs.push(job);
+                            }
+                            Err(_) => break,
+                        }
                     }
-                    Err(_) => break,
+                    in_flight.push(round(self.store.clone(), self.commit_timeout, jobs));
                 }
             }
-            self.round(jobs).await;
         }
         tracing::info!("committer stopped: every queued batch is committed");
     }
+}
 
-    async fn round(&self, mut jobs: Vec<Job>) {
-        let sizes: Vec<usize> = jobs.iter().map(|j| j.events.len()).collect();
-        let all: Vec<TaskEvent> = jobs.iter_mut().flat_map(|j| std::mem::take(&mut j.events)).collect();
-        let result = match tokio::time::timeout(self.commit_timeout, self.store.apply(&all, now_micros())).await {
-            Ok(Ok(d)) => Ok(d),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, events = all.len(), "commit round failed");
-                Err(IngestError::Store(e))
+/// Commits one round and answers every job in it.
+async fn round<S: Store>(store: S, commit_timeout: Duration, mut jobs: Vec<Job>) {
+    let sizes: Vec<usize> = jobs.iter().map(|j| j.events.len()).collect();
+    let all: Vec<TaskEvent> = jobs.iter_mut().flat_map(|j| std::mem::take(&mut j.events)).collect();
+    let result = match tokio::time::timeout(commit_timeout, store.apply(&all, now_micros())).await {
+        Ok(Ok(d)) => Ok(d),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, events = all.len(), "commit round failed");
+            Err(IngestError::Store(e))
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?commit_timeout, events = all.len(), "commit round timed out");
+            Err(IngestError::Timeout(commit_timeout))
+        }
+    };
+    match result {
+        Ok(dispositions) => {
+            let mut rest = dispositions.into_iter();
+            for (job, size) in jobs.into_iter().zip(sizes) {
+                let mine: Vec<Disposition> = rest.by_ref().take(size).collect();
+                let _ = job.reply.send(Ok(mine));
             }
-            Err(_) => {
-                tracing::warn!(timeout = ?self.commit_timeout, events = all.len(), "commit round timed out");
-                Err(IngestError::Timeout(self.commit_timeout))
-            }
-        };
-        match result {
-            Ok(dispositions) => {
-                let mut rest = dispositions.into_iter();
-                for (job, size) in jobs.into_iter().zip(sizes) {
-                    let mine: Vec<Disposition> = rest.by_ref().take(size).collect();
-                    let _ = job.reply.send(Ok(mine));
-                }
-            }
-            Err(e) => {
-                for job in jobs {
-                    let _ = job.reply.send(Err(e.clone()));
-                }
+        }
+        Err(e) => {
+            for job in jobs {
+                let _ = job.reply.send(Err(e.clone()));
             }
         }
     }
