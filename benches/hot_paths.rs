@@ -1,0 +1,187 @@
+//! Microbenchmarks of the pure code on the ingest and query hot paths: converting and
+//! validating one event, bin arithmetic, merging stored bins, percentile extraction and
+//! planning one commit round. They need no Redis and no tokio, so a change to one of these
+//! functions can be measured on its own (`cargo bench --bench hot_paths`); the whole
+//! service is measured by `bench/run.sh`.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use tasktime::buckets::Retention;
+use tasktime::domain::{Limits, MICROS_PER_SEC, Micros, TaskEvent, now_micros};
+use tasktime::grpc::convert::{self, EventContext, micros_duration, micros_timestamp};
+use tasktime::histogram::HistogramConfig;
+use tasktime::ingest::Semantics;
+use tasktime::ingest::plan;
+use tasktime::pb;
+use tasktime::store::keys;
+
+/// Durations spread like real task times: 1 ms to about 10 minutes, log-uniform, from a
+/// fixed sequence so every run measures the same values.
+fn durations_us(n: usize) -> Vec<u64> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let unit = (x >> 11) as f64 / (1u64 << 53) as f64;
+            (1_000.0 * 600_000f64.powf(unit)) as u64
+        })
+        .collect()
+}
+
+fn config() -> HistogramConfig {
+    HistogramConfig::new(HistogramConfig::DEFAULT_HIGHEST_US, HistogramConfig::DEFAULT_SIGFIG)
+        .expect("the default histogram configuration is valid")
+}
+
+fn context(now: Micros) -> EventContext {
+    EventContext {
+        limits: Limits::default(),
+        now,
+        max_age: Retention::default().day_secs * MICROS_PER_SEC,
+    }
+}
+
+/// A completed event of `task` in one of 12 series (4 releases × 3 platforms), as the
+/// load generator sends it.
+fn completed_event(task: &str, i: usize, now: Micros, duration_us: u64) -> pb::TaskEvent {
+    let labels = [
+        ("release".to_owned(), format!("r{}", i % 4)),
+        ("platform".to_owned(), ["ios", "android", "web"][(i / 4) % 3].to_owned()),
+    ]
+    .into();
+    pb::TaskEvent {
+        task: task.to_owned(),
+        instance_id: format!("bench-instance-{i:08}"),
+        at: Some(micros_timestamp(now - MICROS_PER_SEC)),
+        labels,
+        kind: Some(pb::task_event::Kind::Completed(pb::Completed {
+            duration: Some(micros_duration(i128::from(duration_us))),
+            outcome: pb::Outcome::Succeeded as i32,
+        })),
+    }
+}
+
+fn convert_event(c: &mut Criterion) {
+    let now = now_micros();
+    let ctx = context(now);
+    let start = pb::TaskEvent {
+        task: "checkout".to_owned(),
+        instance_id: "0b7e5d1c-2a4f-4c8e-9d3a-6f1e2b3c4d5e".to_owned(),
+        at: Some(micros_timestamp(now - 30 * MICROS_PER_SEC)),
+        labels: [
+            ("release".to_owned(), "2.4.0".to_owned()),
+            ("platform".to_owned(), "ios".to_owned()),
+        ]
+        .into(),
+        kind: Some(pb::task_event::Kind::Start(pb::Start {})),
+    };
+    let finish = pb::TaskEvent {
+        labels: HashMap::new(),
+        at: Some(micros_timestamp(now)),
+        kind: Some(pb::task_event::Kind::Finish(pb::Finish {
+            outcome: pb::Outcome::Succeeded as i32,
+        })),
+        ..start.clone()
+    };
+    let completed = completed_event("checkout", 7, now, 31_500_000);
+    let mut group = c.benchmark_group("convert::event");
+    group.throughput(Throughput::Elements(1));
+    for (name, event) in [("start", start), ("finish", finish), ("completed", completed)] {
+        // The event is moved into the conversion, as in the service: cloning it is part
+        // of the setup, not of the measurement.
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || event.clone(),
+                |e| convert::event(0, e, black_box(&ctx)),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+fn histogram_bins(c: &mut Criterion) {
+    let config = config();
+    let values = durations_us(1_000);
+    let mut group = c.benchmark_group("histogram");
+
+    group.throughput(Throughput::Elements(values.len() as u64));
+    group.bench_function("bin ×1000", |b| {
+        b.iter(|| {
+            for v in &values {
+                black_box(config.bin(black_box(*v)));
+            }
+        })
+    });
+
+    // One hot bucket's worth of stored bins (as HGETALL returns them), merged into a
+    // histogram: what a query does for every bucket it reads.
+    let mut stored: HashMap<u64, u64> = HashMap::new();
+    for v in durations_us(100_000) {
+        *stored.entry(config.bin(v).0).or_default() += 1;
+    }
+    let bins: Vec<(u64, u64)> = stored.into_iter().collect();
+    group.throughput(Throughput::Elements(bins.len() as u64));
+    group.bench_function(format!("add_bins ({} bins)", bins.len()), |b| {
+        b.iter_batched_ref(
+            || config.empty(),
+            |h| config.add_bins(h, black_box(bins.iter().copied())),
+            BatchSize::SmallInput,
+        )
+    });
+
+    let mut merged = config.empty();
+    config.add_bins(&mut merged, bins.iter().copied());
+    group.throughput(Throughput::Elements(4));
+    group.bench_function("value_at_quantile p50 p90 p95 p99", |b| {
+        b.iter(|| {
+            for q in [0.5, 0.9, 0.95, 0.99] {
+                black_box(HistogramConfig::value_at_quantile(black_box(&merged), q));
+            }
+        })
+    });
+    group.finish();
+}
+
+fn plan_round(c: &mut Criterion) {
+    let now = now_micros();
+    let ctx = context(now);
+    let sem = Semantics {
+        abandon_after: Semantics::DEFAULT_ABANDON_AFTER,
+        dedupe_horizon: Semantics::DEFAULT_DEDUPE_HORIZON,
+        retention: Retention::default(),
+        histogram: Arc::new(config()),
+    };
+    // 1,000 completed events of one task across its 12 series: one task group of a
+    // busy round. Completed events need no record read first (the round assumes them
+    // absent and the commit script checks), so `read` is empty, as on the first attempt.
+    let events: Vec<TaskEvent> = durations_us(1_000)
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| {
+            convert::event(i, completed_event("checkout", i, now, d), &ctx).expect("the generated events are valid")
+        })
+        .collect();
+    let group_events: Vec<(usize, &TaskEvent)> = events.iter().enumerate().collect();
+    let first = &events[0];
+    let prefix = keys::task_prefix(&first.tenant, &first.task);
+    let read: HashMap<String, Option<String>> = HashMap::new();
+
+    let mut group = c.benchmark_group("plan");
+    group.throughput(Throughput::Elements(group_events.len() as u64));
+    group.bench_function("plan_task 1000 completed, 12 series", |b| {
+        b.iter(|| plan::plan_task(black_box(&prefix), black_box(&group_events), &read, &sem, now))
+    });
+    group.bench_function("instance_keys 1000", |b| {
+        b.iter(|| plan::instance_keys(black_box(&prefix), black_box(&group_events)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, convert_event, histogram_bins, plan_round);
+criterion_main!(benches);
