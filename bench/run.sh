@@ -1,0 +1,565 @@
+#!/usr/bin/env bash
+# bench/run.sh: tasktime's benchmark harness. Builds the service, starts its own Redis
+# (AOF, appendfsync everysec, noeviction) and its own tasktime processes on free ports,
+# measures every step below in this one run, and prints ONE table (also written to
+# bench/out/latest.md, with each step's raw output in bench/out/raw/).
+#
+#   Redis' own ceiling       redis-benchmark HINCRBY, -c 1 -P 64 and -c 50 -P 64
+#   transport ceiling        tasktime bench against `serve --null-store`
+#   full path                tasktime bench against `serve --redis-url` (stream, batch,
+#                            unary closed and open loop, query, gate)
+#   memory                   Redis bytes per series-minute and per open instance,
+#                            service RSS with 1,000,000 open instances in 10,000 series
+#   peer                     the StatsD daemon (npm `statsd`, discarding backend) fed
+#                            the same timers over UDP
+#   ratios                   all from the numbers above
+#
+# Per step it also samples CPU (utime+stime from /proc/<pid>/stat) of the service,
+# redis-server and the load client, Redis commands (INFO commandstats) and service RSS.
+#
+# usage: bench/run.sh            full run, about 4 to 6 minutes on 2 cores
+#        bench/run.sh --smoke    every step for about a second, debug build, output in
+#                                bench/out/smoke/; checks that each step ran, not speed
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+exec </dev/null
+
+SMOKE=0
+case "${1:-}" in
+  "") ;;
+  --smoke) SMOKE=1 ;;
+  -h | --help)
+    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+    exit 0
+    ;;
+  *)
+    echo "usage: bench/run.sh [--smoke]" >&2
+    exit 2
+    ;;
+esac
+
+if ((SMOKE)); then
+  DUR=1s               # per load step
+  RB_N=20000           # redis-benchmark requests per run
+  PRELOAD_ONE=1000     # instances preloaded for the one-series query
+  PRELOAD_MANY=3000    # ... for the 600-series query
+  PRELOAD_GATE=2000    # ... for the gate
+  OPEN_N=20000         # open instances for the memory step
+  OPEN_SERIES=1000     # ... spread over this many series
+  OUT=$ROOT/bench/out/smoke
+else
+  DUR=8s
+  RB_N=2000000
+  PRELOAD_ONE=20000
+  PRELOAD_MANY=60000
+  PRELOAD_GATE=20000
+  OPEN_N=1000000
+  OPEN_SERIES=10000
+  OUT=$ROOT/bench/out
+fi
+RAW=$OUT/raw
+SD_DIR=$ROOT/bench/.statsd
+SD_VERSION=0.9.0
+SD_FLUSH_MS=1000
+HZ=$(getconf CLK_TCK)
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() {
+  log "FAILED: $*"
+  exit 1
+}
+
+# ---------------------------------------------------------------- processes and cleanup
+
+PIDS=()
+TMPD=$(mktemp -d "${TMPDIR:-/tmp}/tasktime-bench.XXXXXX")
+
+cleanup() {
+  local rc=$? pid i
+  trap - EXIT
+  for pid in "${PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    for i in $(seq 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$TMPD"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+USED_PORTS=" "
+# free_port VAR: a TCP and UDP port nobody listens on (and this run has not handed out).
+free_port() {
+  local listening p _
+  listening=$(ss -Htuanl 2>/dev/null | awk '{print $5}' | sed 's/.*[:.]//' | tr '\n' ' ')
+  for _ in $(seq 500); do
+    p=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+    [[ $USED_PORTS == *" $p "* || " $listening " == *" $p "* ]] && continue
+    if ! command -v ss >/dev/null 2>&1 && (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      continue
+    fi
+    USED_PORTS+="$p "
+    printf -v "$1" '%s' "$p"
+    return 0
+  done
+  die "no free port found"
+}
+
+wait_tcp() { # port what
+  local i
+  for i in $(seq 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  die "$2 did not start listening on 127.0.0.1:$1 (see $RAW)"
+}
+
+# ---------------------------------------------------------------- measurements
+
+ticks() { # utime+stime of a process, clock ticks (fields after the `(comm)`)
+  local f
+  read -r -a f < <(sed 's/^.*) //' "/proc/$1/stat")
+  echo $((f[11] + f[12]))
+}
+rss_kb() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
+hwm_kb() { awk '/^VmHWM:/{print $2}' "/proc/$1/status"; }
+rcli() { redis-cli -p "$REDIS_PORT" "$@"; }
+redis_calls() { rcli info commandstats | awk -F'[:=,]' '/^cmdstat_/{s += $3} END {print s + 0}'; }
+used_memory() { rcli info memory | awk -F: '/^used_memory:/{print $2 + 0}'; }
+jnum() { sed -n "s/.*\"$2\":\([-0-9.eE+]*\).*/\1/p" "$1" | head -n 1; }
+calc() { awk "BEGIN { OFMT = \"%.4f\"; print ($*) }"; }
+# Integer with thousands separators.
+fmt() { awk -v x="$1" 'BEGIN { s = sprintf("%.0f", x); n = ""; while (length(s) > 3) { n = "," substr(s, length(s) - 2) n; s = substr(s, 1, length(s) - 3) } print s n }'; }
+# µs of CPU per unit from clock ticks.
+per_unit() { # ticks units
+  if [[ -z $1 || -z $2 || $2 == 0 ]]; then echo "–"; else num "$(calc "$1 * 1000000 / $HZ / $2")"; fi
+}
+# A number to read: separators from 1,000 up, three significant digits below.
+num() { awk -v v="$1" 'BEGIN { if (v >= 1000) { s = sprintf("%.0f", v); n = ""; while (length(s) > 3) { n = "," substr(s, length(s) - 2) n; s = substr(s, 1, length(s) - 3) } print s n } else printf(v >= 100 ? "%.0f\n" : (v >= 10 ? "%.1f\n" : "%.2f\n"), v) }'; }
+
+# measure OUTFILE SERVICE_PID CMD...: runs CMD with stdout to OUTFILE and sets M_SVC,
+# M_REDIS (CPU ticks of the service and Redis over the run), M_CLIENT (CPU ticks of CMD
+# and its children, read by the wrapper shell after it waited for them) and M_CALLS.
+measure() {
+  local out=$1 svc=$2 s0 r0 c0
+  shift 2
+  s0=$(ticks "$svc")
+  r0=$(ticks "$REDIS_PID")
+  c0=$(redis_calls)
+  # shellcheck disable=SC2016
+  bash -c '"$@" >"$0" 2>"$0.stderr"; rc=$?
+    read -r -a f < <(sed "s/^.*) //" /proc/$$/stat)
+    echo $((f[13] + f[14])) >"$0.cpu"; exit $rc' "$out" "$@" ||
+    die "$(basename "$out"): '$*' failed: $(tail -n 5 "$out.stderr")"
+  M_SVC=$(($(ticks "$svc") - s0))
+  M_REDIS=$(($(ticks "$REDIS_PID") - r0))
+  M_CALLS=$(($(redis_calls) - c0 - 1)) # minus the INFO that read the first count
+  M_CLIENT=$(cat "$out.cpu")
+  printf '{"service_cpu_ticks":%s,"redis_cpu_ticks":%s,"client_cpu_ticks":%s,"clk_tck":%s,"redis_commands":%s}\n' \
+    "$M_SVC" "$M_REDIS" "$M_CLIENT" "$HZ" "$M_CALLS" >"${out%.*}.proc.json"
+}
+
+# ---------------------------------------------------------------- the table
+
+TABLE=$TMPD/table.md
+: >"$TABLE"
+declare -A V # numbers the ratios and targets need
+
+# row STEP LOAD RESULT P50 P99 SVC_CPU REDIS_CPU CLIENT_CPU CMDS RSS TARGET
+row() {
+  printf '| %s |\n' "$(printf '%s|' "$@" | sed 's/|$//; s/|/ | /g')" >>"$TABLE"
+  log "$1: $3"
+}
+
+# verdict VALUE OP LIMIT TEXT: "TEXT: met" or "TEXT: **not met**".
+verdict() {
+  if awk -v v="$1" -v l="$3" -v op="$2" 'BEGIN { exit !((op == ">=") ? v >= l : v <= l) }'; then
+    echo "$4: met"
+  else
+    echo "$4: **not met**"
+  fi
+}
+
+# bench_step NAME STEP LOAD SERVICE_PID URL TARGET_KIND BENCH_ARGS...
+bench_step() {
+  local name=$1 step=$2 load=$3 svc=$4 url=$5 kind=$6 f units result rate p50 p99 rss cmds target=""
+  shift 6
+  f=$RAW/$name.json
+  measure "$f" "$svc" "$BIN" bench --server "$url" --json --duration "$DUR" "$@"
+  [[ $(jnum "$f" requests) -gt 0 ]] || die "$name: no request was answered ($(cat "$f"))"
+  p50=$(jnum "$f" p50)
+  p99=$(jnum "$f" p99)
+  units=$(jnum "$f" events_acked)
+  if [[ $units == 0 ]]; then
+    units=$(jnum "$f" requests)
+    rate=$(jnum "$f" requests_per_sec)
+    result="$(fmt "$rate") req/s"
+  else
+    rate=$(jnum "$f" events_per_sec)
+    result="$(fmt "$rate") events/s"
+    [[ $(jnum "$f" batch_size) == 1 ]] && result="$(fmt "$rate") calls/s"
+  fi
+  V[$name]=$rate
+  V[$name.p99]=$p99
+  rss=$(calc "$(rss_kb "$svc")" / 1024)
+  cmds="–"
+  [[ $svc == "$SVC_PID" ]] && cmds=$(num "$(calc "$M_CALLS / $units")")
+  case $kind in
+    pairs) target=$(verdict "$rate" ">=" 300000 "≥ 300,000 (stretch 600,000)") ;;
+    completed) target=$(verdict "$rate" ">=" 600000 "≥ 600,000 (stretch 1,200,000)") ;;
+    unary) target=$(verdict "$rate" ">=" 25000 "≥ 25,000 calls/s") ;;
+    open)
+      if awk -v r="$rate" 'BEGIN { exit !(r >= 9500) }'; then
+        target=$(verdict "$p99" "<=" 2000 "p99 ≤ 2 ms at 10,000/s")
+      else
+        target="p99 ≤ 2 ms at 10,000/s: **not met** (only $(fmt "$rate")/s sustained)"
+      fi
+      ;;
+    query1) target=$(verdict "$p99" "<=" 10000 "p99 ≤ 10 ms") ;;
+    query600) target=$(verdict "$p99" "<=" 50000 "p99 ≤ 50 ms") ;;
+  esac
+  local redis_cpu
+  redis_cpu=$(per_unit "$M_REDIS" "$units")
+  [[ $svc == "$SVC_PID" ]] || redis_cpu="–"
+  row "$step" "$load" "$result" "$(fmt "$p50")" "$(fmt "$p99")" "$(per_unit "$M_SVC" "$units")" \
+    "$redis_cpu" "$(per_unit "$M_CLIENT" "$units")" "$cmds" "$(fmt "$rss")" "$target"
+}
+
+# ---------------------------------------------------------------- build
+
+mkdir -p "$RAW"
+rm -f "$RAW"/*
+if ((SMOKE)); then
+  log "building (debug: the smoke run checks that every step works, not speed)"
+  cargo build --quiet
+  cp target/debug/tasktime "$TMPD/tasktime"
+else
+  log "building (release)"
+  cargo build --release --quiet
+  cp target/release/tasktime "$TMPD/tasktime"
+fi
+# A private copy: other builds of the working tree cannot swap the binary mid-run.
+BIN=$TMPD/tasktime
+for tool in redis-server redis-cli redis-benchmark; do
+  command -v "$tool" >/dev/null 2>&1 || die "$tool not found: apt-get install -y redis-server"
+done
+
+# ---------------------------------------------------------------- Redis and the services
+
+free_port REDIS_PORT
+mkdir -p "$TMPD/redis"
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$TMPD/redis" \
+  --appendonly yes --appendfsync everysec --maxmemory-policy noeviction --save '' \
+  --logfile "$RAW/redis.log" &
+REDIS_PID=$!
+PIDS+=("$REDIS_PID")
+wait_tcp "$REDIS_PORT" redis-server
+for _ in $(seq 100); do
+  [[ $(rcli ping 2>/dev/null) == PONG ]] && break
+  sleep 0.05
+done
+REDIS_VERSION=$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')
+REDIS_SETTINGS="appendonly $(rcli config get appendonly | tail -n 1), appendfsync $(rcli config get appendfsync | tail -n 1), maxmemory-policy $(rcli config get maxmemory-policy | tail -n 1), RDB snapshots off"
+log "redis-server $REDIS_VERSION on 127.0.0.1:$REDIS_PORT: $REDIS_SETTINGS"
+
+free_port SVC_PORT
+"$BIN" serve --listen "127.0.0.1:$SVC_PORT" --redis-url "redis://127.0.0.1:$REDIS_PORT" \
+  --drain-period 0s --grace-period 5s >"$RAW/serve-redis.log" 2>&1 &
+SVC_PID=$!
+PIDS+=("$SVC_PID")
+free_port NULL_PORT
+"$BIN" serve --listen "127.0.0.1:$NULL_PORT" --null-store \
+  --drain-period 0s --grace-period 5s >"$RAW/serve-null.log" 2>&1 &
+NULL_PID=$!
+PIDS+=("$NULL_PID")
+wait_tcp "$SVC_PORT" "tasktime serve --redis-url"
+wait_tcp "$NULL_PORT" "tasktime serve --null-store"
+SVC=http://127.0.0.1:$SVC_PORT
+NULL=http://127.0.0.1:$NULL_PORT
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---------------------------------------------------------------- 1. Redis' own ceiling
+
+rb_step() { # name clients
+  local name=$1 c=$2 f rate p50
+  f=$RAW/$name.txt
+  measure "$f" "$REDIS_PID" redis-benchmark -p "$REDIS_PORT" -c "$c" -P 64 -n "$RB_N" -r 1000 -q \
+    HINCRBY 'rb:{bench}:h' 'f:__rand_int__' 1
+  rate=$(tr '\r' '\n' <"$f" | grep 'requests per second' | tail -n 1 | sed 's/.*: \([0-9.]*\) requests per second.*/\1/')
+  p50=$(tr '\r' '\n' <"$f" | grep 'requests per second' | tail -n 1 | sed -n 's/.*p50=\([0-9.]*\) msec.*/\1/p')
+  [[ -n $rate ]] || die "$name: cannot read the rate from $(cat "$f")"
+  V[$name]=$rate
+  row "redis-benchmark HINCRBY -c $c -P 64" "$(fmt "$RB_N") ops, 1,000 fields" "$(fmt "$rate") ops/s" \
+    "$(fmt "$(calc "${p50:-0}" \* 1000)")" "–" "–" "$(per_unit "$M_REDIS" "$RB_N")" "$(per_unit "$M_CLIENT" "$RB_N")" "1" "–" ""
+  rcli del 'rb:{bench}:h' >/dev/null
+}
+rb_step rb-c1 1
+rb_step rb-c50 50
+
+# ---------------------------------------------------------------- 2. transport ceiling
+
+DEF="4 conn × 8 in flight × 1,000 ev"
+bench_step null-stream-pairs "null store: stream, pairs" "$DEF" "$NULL_PID" "$NULL" "" \
+  --mode stream --workload pairs
+bench_step null-stream-completed "null store: stream, completed" "$DEF" "$NULL_PID" "$NULL" "" \
+  --mode stream --workload completed
+
+# ---------------------------------------------------------------- 3. full path, ingest
+
+bench_step stream-pairs "Redis: stream, pairs" "$DEF" "$SVC_PID" "$SVC" pairs \
+  --mode stream --workload pairs
+bench_step stream-completed "Redis: stream, completed" "$DEF" "$SVC_PID" "$SVC" completed \
+  --mode stream --workload completed
+bench_step batch-pairs "Redis: batch (Record), pairs" "$DEF" "$SVC_PID" "$SVC" "" \
+  --mode batch --workload pairs
+bench_step unary-closed "Redis: unary, closed loop" "8 conn × 32 in flight × 1 ev" "$SVC_PID" "$SVC" unary \
+  --mode unary --connections 8 --concurrency 32
+bench_step unary-open "Redis: unary, open loop" "10,000 calls/s, 8 conn, ≤ 64 in flight" "$SVC_PID" "$SVC" open \
+  --mode unary --rate 10000 --connections 8 --concurrency 64
+
+# ---------------------------------------------------------------- 4. memory per series-minute
+
+# Minute buckets the ingest steps above wrote: counters `...:c:m:<start>:<series>` and
+# histograms `...:<ns>:h:m:<start>:<series>:<outcome>`. A series-minute is one
+# (task, series, minute) with any of them.
+series_minute() {
+  local keys=$TMPD/minute-keys
+  rcli --scan --pattern '*:c:m:*' >"$keys"
+  rcli --scan --pattern '*:h:m:*' >>"$keys"
+  awk '{print "MEMORY USAGE " $0}' "$keys" | rcli >"$keys.bytes"
+  awk '{print "HGET " $0 " n"}' "$keys" | rcli >"$keys.n"
+  awk '{print "HLEN " $0}' "$keys" | rcli >"$keys.len"
+  paste -d' ' "$keys" "$keys.bytes" "$keys.n" "$keys.len" | awk '
+    { n = split($1, a, ":")
+      if (a[4] == "c") id = a[3] ":" a[6] ":" a[7]
+      else { id = a[3] ":" a[7] ":" a[8]; hists++; bins += $4 - 2; events += $3 }
+      if (!(id in seen)) { seen[id] = 1; sm++ }
+      bytes += $2 }
+    END { if (sm == 0) { print "0 0 0 0"; exit }
+          printf "%.0f %d %.1f %.0f\n", bytes / sm, sm, events / sm, (hists ? bins / hists : 0) }' >"$RAW/series-minute.txt"
+  local per sm ev bins
+  read -r per sm ev bins <"$RAW/series-minute.txt"
+  V[series_minute]=$per
+  row "Redis memory per series-minute" "minute buckets written above: $(fmt "$sm") series-minutes, $ev durations and $bins bins per histogram on average" \
+    "$(fmt "$per") B" "–" "–" "–" "–" "–" "–" "–" ""
+}
+series_minute
+
+# ---------------------------------------------------------------- 5. queries and gate
+
+# --mode query/gate preloads before it measures; preloading in a run of its own
+# (--duration 0s) keeps that ingest out of the query's CPU and latency numbers.
+preload() { # name args...
+  local name=$1
+  shift
+  rcli flushall >/dev/null
+  "$BIN" bench --server "$SVC" --json --duration 0s "$@" >"$RAW/$name-preload.json"
+}
+ONE="--tasks 1 --releases 1 --platforms 1"
+MANY="--tasks 1 --releases 200 --platforms 3"
+# shellcheck disable=SC2086
+preload query-1 --mode query $ONE --preload "$PRELOAD_ONE"
+# shellcheck disable=SC2086
+bench_step query-1 "Redis: GetTaskStats 30 days, 1 series" "1 conn × 1 in flight; $(fmt "$PRELOAD_ONE") preloaded" \
+  "$SVC_PID" "$SVC" query1 --mode query $ONE --preload 0 --connections 1 --concurrency 1
+# shellcheck disable=SC2086
+preload query-600 --mode query $MANY --preload "$PRELOAD_MANY"
+SERIES=$(rcli hlen 'tt:v1:{default|bench-task-00}:series')
+# shellcheck disable=SC2086
+bench_step query-600 "Redis: GetTaskStats 30 days, $SERIES series" "1 conn × 1 in flight; $(fmt "$PRELOAD_MANY") preloaded" \
+  "$SVC_PID" "$SVC" query600 --mode query $MANY --preload 0 --connections 1 --concurrency 1
+preload gate --mode gate --preload "$PRELOAD_GATE"
+bench_step gate "Redis: EvaluateGate r0 vs r1, p90" "4 conn × 8 in flight; $(fmt "$PRELOAD_GATE") preloaded" \
+  "$SVC_PID" "$SVC" "" --mode gate --preload 0
+
+# ---------------------------------------------------------------- 6. open instances
+
+# Starts only, so every instance stays open: OPEN_N of them across OPEN_SERIES series
+# (100 tasks of 25 releases × 4 platforms at full size), sent by four `tasktime record`.
+open_instances() {
+  local tasks=$((OPEN_SERIES / 100)) m0 m1 k f pids
+  ((tasks >= 1)) || tasks=1
+  rcli flushall >/dev/null
+  sleep 0.2
+  m0=$(used_memory)
+  awk -v n="$OPEN_N" -v s="$((tasks * 100))" -v dir="$TMPD" 'BEGIN {
+    for (i = 0; i < n; i++) {
+      x = i % s
+      printf "{\"task\":\"open-task-%03d\",\"instanceId\":\"open-%d\",\"labels\":{\"release\":\"r%d\",\"platform\":\"p%d\"},\"start\":{}}\n",
+        int(x / 100), i, int((x % 100) / 4), x % 4 > (dir "/starts." (i % 4) ".jsonl")
+    } }'
+  f=$RAW/open-instances.txt
+  # shellcheck disable=SC2016
+  measure "$f" "$SVC_PID" bash -c 'pids=(); for k in 0 1 2 3; do
+      "$0" record --batch-size 5000 --server "$1" "$2/starts.$k.jsonl" & pids+=($!); done
+    for p in "${pids[@]}"; do wait "$p" || exit 1; done' "$BIN" "$SVC" "$TMPD"
+  rm -f "$TMPD"/starts.*.jsonl
+  local accepted
+  accepted=$(awk '/^sent/ {s += $4} END {print s + 0}' "$f")
+  [[ $accepted == "$OPEN_N" ]] || die "open instances: $accepted of $OPEN_N accepted ($(cat "$f"))"
+  m1=$(used_memory)
+  # The instance records alone, without the counters and series index the starts also
+  # wrote: MEMORY USAGE of the instance keys in one SCAN page.
+  local sample one
+  sample=$TMPD/instance-keys
+  rcli scan 0 match '*:i:*' count 1000 | tail -n +2 >"$sample"
+  one=$(awk '{print "MEMORY USAGE " $0}' "$sample" | rcli | awk '{s += $1; n++} END {printf "%.0f", n ? s / n : 0}')
+  local per rss hwm label
+  per=$(calc "($m1 - $m0) / $OPEN_N")
+  V[open_instance]=$per
+  rss=$(calc "$(rss_kb "$SVC_PID")" / 1024)
+  hwm=$(calc "$(hwm_kb "$SVC_PID")" / 1024)
+  label="$(fmt "$OPEN_N") starts in $(fmt $((tasks * 100))) series, 4 × record"
+  row "Redis memory per open instance" "$label; used_memory +$(fmt "$(calc "($m1 - $m0) / 1048576")") MiB ÷ $(fmt "$OPEN_N"); the instance key alone: $one B (MEMORY USAGE, $(wc -l <"$sample") sampled)" \
+    "$(printf '%.0f' "$per") B" "–" "–" "$(per_unit "$M_SVC" "$OPEN_N")" "$(per_unit "$M_REDIS" "$OPEN_N")" \
+    "$(per_unit "$M_CLIENT" "$OPEN_N")" "$(num "$(calc "$M_CALLS / $OPEN_N")")" \
+    "$(fmt "$rss")" "$(verdict "$per" "<=" 200 "≤ 200 B")"
+  row "service RSS with $(fmt "$OPEN_N") open instances" "$label; peak (VmHWM) over the whole run $(fmt "$hwm") MB" \
+    "$(fmt "$rss") MB" "–" "–" "–" "–" "–" "–" "$(fmt "$rss")" \
+    "$(verdict "$rss" "<=" 300 "≤ 300 MB at 1,000,000 open, 10,000 series")$( ((OPEN_N < 1000000)) && echo " (only $(fmt "$OPEN_N") here)")"
+}
+open_instances
+
+# ---------------------------------------------------------------- 7. the StatsD peer
+
+statsd_install() {
+  [[ -f $SD_DIR/node_modules/statsd/stats.js ]] && return 0
+  command -v node >/dev/null 2>&1 || return 1
+  command -v npm >/dev/null 2>&1 || return 1
+  log "installing statsd@$SD_VERSION into bench/.statsd/"
+  mkdir -p "$SD_DIR"
+  timeout 120 npm install --prefix "$SD_DIR" --no-save --no-audit --no-fund --omit=optional --loglevel=error \
+    "statsd@$SD_VERSION" >"$RAW/npm-install.log" 2>&1 || return 1
+  [[ -f $SD_DIR/node_modules/statsd/stats.js ]]
+}
+
+# statsd_case NAME OFFERED_RATE(0 = max): feeds DUR of timers and waits for them to be flushed.
+statsd_case() {
+  local name=$1 rate=$2 f t0 t1 s0 s1 processed sent secs prate drop load
+  f=$RAW/$name.json
+  t0=$(jnum "$SD_DIR/discard.json" timers)
+  s0=$(ticks "$SD_PID")
+  measure "$f" "$SD_PID" node "$ROOT/bench/statsd-feed.js" 127.0.0.1 "$SD_PORT" "${DUR%s}" "$rate"
+  # The last timers are processed at the next flush.
+  sleep "$(calc "$SD_FLUSH_MS * 2.5 / 1000")"
+  t1=$(jnum "$SD_DIR/discard.json" timers)
+  s1=$(ticks "$SD_PID")
+  processed=$(calc "$t1 - $t0")
+  sent=$(jnum "$f" timers_sent)
+  secs=$(jnum "$f" duration_s)
+  prate=$(calc "$processed / $secs")
+  drop=$(calc "$sent > 0 ? 100 * ($sent - $processed) / $sent : 0")
+  V[$name]=$prate
+  if [[ $rate == 0 ]]; then load="as fast as the feeder sends"; else load="offered $(fmt "$rate") timers/s"; fi
+  row "StatsD $SD_VERSION: timers over UDP" "$load; $(fmt "$sent") sent, $(printf '%.1f' "$drop") % dropped" \
+    "$(fmt "$prate") timers/s processed" "–" "–" "$(per_unit $((s1 - s0)) "$processed")" "–" \
+    "$(per_unit "$M_CLIENT" "$processed")" "–" "$(fmt "$(calc "$(rss_kb "$SD_PID")" / 1024)")" ""
+}
+
+statsd_peer() {
+  if ! statsd_install; then
+    local why="node/npm not available or \`npm install statsd\` failed (see raw/npm-install.log)"
+    ((SMOKE)) || log "WARNING: StatsD not measured: $why"
+    row "StatsD: timers over UDP" "not measured: $why" "–" "–" "–" "–" "–" "–" "–" "–" ""
+    return 0
+  fi
+  free_port SD_PORT
+  free_port SD_MGMT_PORT
+  cat >"$SD_DIR/discard-backend.js" <<'EOF'
+'use strict';
+// Written by bench/run.sh: a StatsD backend that counts what each flush holds, then
+// drops it. StatsD has parsed, aggregated and computed percentiles for it by then.
+const fs = require('fs');
+exports.init = function (startupTime, config, events) {
+  let flushes = 0;
+  let timers = 0;
+  let metrics = 0;
+  const write = () =>
+    fs.writeFileSync(config.discardFile, JSON.stringify({ flushes, timers, metrics_received: metrics }));
+  events.on('flush', (timestamp, m) => {
+    flushes++;
+    for (const k in m.timer_counters) timers += m.timer_counters[k];
+    metrics += m.counters['statsd.metrics_received'] || 0;
+    write();
+  });
+  write();
+  return true;
+};
+EOF
+  cat >"$SD_DIR/config.js" <<EOF
+{
+  address: "127.0.0.1",
+  port: $SD_PORT,
+  mgmt_address: "127.0.0.1",
+  mgmt_port: $SD_MGMT_PORT,
+  flushInterval: $SD_FLUSH_MS,
+  percentThreshold: [50, 90, 95, 99],
+  backends: ["$SD_DIR/discard-backend.js"],
+  discardFile: "$SD_DIR/discard.json"
+}
+EOF
+  rm -f "$SD_DIR/discard.json"
+  node "$SD_DIR/node_modules/statsd/stats.js" "$SD_DIR/config.js" >"$RAW/statsd.log" 2>&1 &
+  SD_PID=$!
+  PIDS+=("$SD_PID")
+  wait_tcp "$SD_MGMT_PORT" statsd
+  for _ in $(seq 100); do
+    [[ -f $SD_DIR/discard.json ]] && break
+    sleep 0.05
+  done
+  # The same rate tasktime sustained for completed events (so the same number of
+  # timers in the same time), then the issue's paired target rate, then as fast as the
+  # feeder goes. StatsD's sustained rate is the best it processed in any of them.
+  statsd_case statsd-offered "$(printf '%.0f' "${V[stream-completed]}")"
+  statsd_case statsd-300k 300000
+  statsd_case statsd-max 0
+  V[statsd]=$(printf '%s\n' "${V[statsd-offered]}" "${V[statsd-300k]}" "${V[statsd-max]}" | sort -g | tail -n 1)
+}
+statsd_peer
+
+# ---------------------------------------------------------------- 8. ratios
+
+ratio() { # step formula value target
+  row "$1" "$2" "$3" "–" "–" "–" "–" "–" "–" "–" "$4"
+}
+r=$(calc "${V[stream-pairs]} / ${V[rb-c1]}")
+ratio "ratio: paired ÷ redis-benchmark c1 P64" "stream pairs events/s ÷ HINCRBY ops/s" "$(printf '%.3f' "$r")" "$(verdict "$r" ">=" 0.5 "≥ 0.5")"
+r=$(calc "${V[stream-pairs]} / ${V[null-stream-pairs]}")
+ratio "ratio: full path ÷ null store, pairs" "Redis ÷ null store, stream pairs" "$(printf '%.3f' "$r")" "$(verdict "$r" ">=" 0.7 "≥ 0.7")"
+r=$(calc "${V[stream-completed]} / ${V[null-stream-completed]}")
+ratio "ratio: full path ÷ null store, completed" "Redis ÷ null store, stream completed" "$(printf '%.3f' "$r")" "$(verdict "$r" ">=" 0.7 "≥ 0.7")"
+if [[ -n ${V[statsd]:-} ]]; then
+  r=$(calc "${V[stream-completed]} / ${V[statsd]}")
+  ratio "ratio: tasktime ÷ StatsD, completed" "completed events/s (one duration each) ÷ StatsD's best processed timers/s" "$(printf '%.3f' "$r")" "$(verdict "$r" ">=" 1 "≥ 1")"
+  r=$(calc "${V[stream-pairs]} / 2 / ${V[statsd]}")
+  ratio "ratio: tasktime ÷ StatsD, pairs" "paired durations/s (events/s ÷ 2) ÷ StatsD's best processed timers/s" "$(printf '%.3f' "$r")" "$(verdict "$r" ">=" 1 "≥ 1")"
+else
+  ratio "ratio: tasktime ÷ StatsD" "StatsD not measured" "–" ""
+fi
+
+# ---------------------------------------------------------------- print
+
+{
+  echo "# tasktime bench/run.sh$( ((SMOKE)) && echo " --smoke (numbers are not meaningful)")"
+  echo
+  echo "- date: $(date -u +%FT%TZ); commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted changes in src/'); binary: $( ((SMOKE)) && echo 'debug' || echo 'release') build"
+  echo "- machine: $(nproc) cores ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)), $(free -h | awk '/^Mem:/ {print $2}') RAM, kernel $(uname -r); load average before $LOAD_BEFORE, after $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "- redis-server $REDIS_VERSION on 127.0.0.1:$REDIS_PORT, started by this script: $REDIS_SETTINGS"
+  echo "- each load step ${DUR}; \`tasktime bench\` workload: 50 tasks (Zipf 1.0) × 4 releases × 3 platforms, lognormal durations; service, Redis, client and StatsD share the machine"
+  echo "- CPU columns: µs of CPU (user + system, /proc/<pid>/stat) per event (per request for queries and gate, per op for redis-benchmark, per timer for StatsD); client = the load generator; redis cmds = INFO commandstats calls per event, commands inside the Lua scripts included"
+  echo
+  echo "| step | load | result | p50 µs | p99 µs | service CPU µs | Redis CPU µs | client CPU µs | Redis cmds | service RSS MB | target |"
+  echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
+  cat "$TABLE"
+} >"$OUT/latest.md"
+cat "$OUT/latest.md"
+log "written to ${OUT#"$ROOT"/}/latest.md, raw output in ${RAW#"$ROOT"/}/"
