@@ -328,28 +328,29 @@ bench_step unary-open "Redis: unary, open loop" "10,000 calls/s, 8 conn, ≤ 64 
 
 # ---------------------------------------------------------------- 4. memory per series-minute
 
-# Minute buckets the ingest steps above wrote: counters `...:c:m:<start>:<series>` and
-# histograms `...:<ns>:h:m:<start>:<series>:<outcome>`. A series-minute is one
-# (task, series, minute) with any of them.
+# Minute buckets the ingest steps above wrote: one hash per (task, series, minute),
+# `...:<ns>:b:m:<start>:<series>`, holding the counters and, per outcome, the count
+# (`s`, `f`, `c`), the exact sum (`sum:s`...) and the HDR bins (`s:<bin>`...).
 series_minute() {
   local keys=$TMPD/minute-keys
-  rcli --scan --pattern '*:c:m:*' >"$keys"
-  rcli --scan --pattern '*:h:m:*' >>"$keys"
+  rcli --scan --pattern '*:b:m:*' >"$keys"
   awk '{print "MEMORY USAGE " $0}' "$keys" | rcli >"$keys.bytes"
-  awk '{print "HGET " $0 " n"}' "$keys" | rcli >"$keys.n"
-  awk '{print "HLEN " $0}' "$keys" | rcli >"$keys.len"
-  paste -d' ' "$keys" "$keys.bytes" "$keys.n" "$keys.len" | awk '
-    { n = split($1, a, ":")
-      if (a[4] == "c") id = a[3] ":" a[6] ":" a[7]
-      else { id = a[3] ":" a[7] ":" a[8]; hists++; bins += $4 - 2; events += $3 }
-      if (!(id in seen)) { seen[id] = 1; sm++ }
-      bytes += $2 }
+  awk '{print "HGETALL " $0}' "$keys" | rcli >"$keys.fields"
+  # durations = s + f + c; bins = fields named <outcome>:<bin>
+  awk 'NR % 2 == 1 { f = $0; next }
+       f == "" { next }
+       f ~ /^[sfc]$/ { n += $0 }
+       f ~ /^[sfc]:[0-9]+$/ { b++ }
+       END { printf "%d %d\n", n, b }' "$keys.fields" >"$keys.nb"
+  local n b
+  read -r n b <"$keys.nb"
+  awk -v n="$n" -v b="$b" '{ bytes += $1; sm++ }
     END { if (sm == 0) { print "0 0 0 0"; exit }
-          printf "%.0f %d %.1f %.0f\n", bytes / sm, sm, events / sm, (hists ? bins / hists : 0) }' >"$RAW/series-minute.txt"
+          printf "%.0f %d %.1f %.0f\n", bytes / sm, sm, n / sm, b / sm }' "$keys.bytes" >"$RAW/series-minute.txt"
   local per sm ev bins
   read -r per sm ev bins <"$RAW/series-minute.txt"
   V[series_minute]=$per
-  row "Redis memory per series-minute" "minute buckets written above: $(fmt "$sm") series-minutes, $ev durations and $bins bins per histogram on average" \
+  row "Redis memory per series-minute" "minute buckets written above: $(fmt "$sm") series-minutes, $ev durations and $bins bins per series-minute on average" \
     "$(fmt "$per") B" "–" "–" "–" "–" "–" "–" "–" ""
 }
 series_minute

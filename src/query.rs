@@ -96,8 +96,7 @@ pub async fn read_merged<S: Store>(
     for c in &covers {
         for bucket in &c.buckets {
             for s in &series {
-                hash_keys.push(keys::counters(&prefix, *bucket, *s));
-                hash_keys.push(keys::histogram(&prefix, &namespace, *bucket, *s, selector.outcome));
+                hash_keys.push(keys::bucket(&prefix, &namespace, *bucket, *s));
             }
         }
         shape.push(c.buckets.clone());
@@ -129,10 +128,9 @@ pub async fn read_merged<S: Store>(
         for bucket in buckets {
             let closed_long_enough = bucket.end() + abandon_secs <= now_secs;
             for _ in &series {
-                let counters = maps.next().unwrap_or_default();
-                let hist = maps.next().unwrap_or_default();
-                add_counters(&mut m, &counters, closed_long_enough);
-                add_histogram(&mut m, &hist, &settings.histogram);
+                let hash = maps.next().unwrap_or_default();
+                add_counters(&mut m, &hash, closed_long_enough);
+                add_histogram(&mut m, &hash, selector.outcome, &settings.histogram);
             }
         }
         out.push(m);
@@ -156,14 +154,14 @@ fn add_counters(m: &mut Merged, c: &FieldMap, closed_long_enough: bool) {
     }
 }
 
-fn add_histogram(m: &mut Merged, h: &FieldMap, config: &HistogramConfig) {
+fn add_histogram(m: &mut Merged, h: &FieldMap, outcome: Outcome, config: &HistogramConfig) {
     if h.is_empty() {
         return;
     }
-    m.n += get(h, field::N);
-    m.sum_us += i128::from(h.get(field::SUM_US).copied().unwrap_or(0));
+    m.n += get(h, keys::outcome_field(outcome));
+    m.sum_us += i128::from(h.get(keys::sum_field(outcome)).copied().unwrap_or(0));
     let bins = h.iter().filter_map(|(k, v)| {
-        let bin = k.parse::<u64>().ok()?;
+        let bin = keys::parse_bin_field(outcome, k)?;
         Some((bin, u64::try_from(*v).ok()?))
     });
     config.add_bins(&mut m.durations, bins);

@@ -22,6 +22,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use rustc_hash::FxHashMap;
+
 use crate::buckets::{BucketRef, Resolution, Retention};
 use crate::domain::{EventKind, MICROS_PER_SEC, Micros, Outcome, SeriesId, TaskEvent};
 use crate::histogram::HistogramConfig;
@@ -151,14 +153,45 @@ pub fn instance_keys(prefix: &str, events: &[(usize, &TaskEvent)]) -> Vec<String
     out
 }
 
-/// Accumulates increments per (key, field) across a round.
+/// One field of a bucket hash, before it is named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Field {
+    Started,
+    FinishedOfStarted,
+    OverRange,
+    Count(Outcome),
+    Sum(Outcome),
+    Bin(Outcome, u64),
+}
+
+impl Field {
+    fn name(self) -> String {
+        match self {
+            Field::Started => field::STARTED.to_owned(),
+            Field::FinishedOfStarted => field::FINISHED_OF_STARTED.to_owned(),
+            Field::OverRange => field::OVER_RANGE.to_owned(),
+            Field::Count(o) => keys::outcome_field(o).to_owned(),
+            Field::Sum(o) => keys::sum_field(o).to_owned(),
+            Field::Bin(o, bin) => keys::bin_field(o, bin),
+        }
+    }
+}
+
+/// One bucket hash, before it is named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct BucketKey {
+    bucket: BucketRef,
+    series: SeriesId,
+}
+
+/// Accumulates increments per (bucket hash, field) across a round. Keys and fields stay
+/// structured (and hashed cheaply) until the round is done; each distinct one is turned
+/// into its storage name once.
 struct Increments<'a> {
     sem: &'a Semantics,
     prefix: &'a str,
-    namespace: String,
     now_secs: i64,
-    hashes: HashMap<String, (i64, HashMap<&'static str, i64>)>,
-    bins: HashMap<String, HashMap<u64, i64>>,
+    hashes: FxHashMap<BucketKey, (i64, FxHashMap<Field, i64>)>,
 }
 
 impl<'a> Increments<'a> {
@@ -166,80 +199,62 @@ impl<'a> Increments<'a> {
         Increments {
             sem,
             prefix,
-            namespace: sem.histogram.namespace(),
             now_secs: now.div_euclid(MICROS_PER_SEC),
-            hashes: HashMap::new(),
-            bins: HashMap::new(),
+            hashes: FxHashMap::default(),
         }
     }
 
-    /// The buckets holding `at` that are still kept, with their expiry in ms.
-    fn buckets(&self, at: Micros) -> impl Iterator<Item = (BucketRef, i64)> + '_ {
-        Resolution::ALL.into_iter().filter_map(move |res| {
+    /// Adds `delta` to `field` of `series`' bucket hash at every resolution still kept
+    /// for time `at`.
+    fn add(&mut self, at: Micros, series: SeriesId, field: Field, delta: i64) {
+        for res in Resolution::ALL {
             let bucket = BucketRef {
                 res,
                 start: res.bucket_start(at),
             };
             let expires = self.sem.retention.expires_at(res, bucket.start);
-            (expires > self.now_secs).then_some((bucket, expires * 1000))
-        })
-    }
-
-    fn add(&mut self, key: String, expire_at_ms: i64, field: &'static str, delta: i64) {
-        let entry = self.hashes.entry(key).or_insert_with(|| (expire_at_ms, HashMap::new()));
-        *entry.1.entry(field).or_default() += delta;
+            if expires <= self.now_secs {
+                continue; // too old for this resolution: nothing keeps it
+            }
+            let entry = self
+                .hashes
+                .entry(BucketKey { bucket, series })
+                .or_insert_with(|| (expires * 1000, FxHashMap::default()));
+            *entry.1.entry(field).or_default() += delta;
+        }
     }
 
     fn started(&mut self, at: Micros, series: SeriesId) {
-        let buckets: Vec<_> = self.buckets(at).collect();
-        for (bucket, exp) in buckets {
-            self.add(keys::counters(self.prefix, bucket, series), exp, field::STARTED, 1);
-        }
+        self.add(at, series, Field::Started, 1);
     }
 
     /// Files a finished instance; returns whether its duration was over range.
     fn finished(&mut self, start: Micros, finish: Micros, series: SeriesId, outcome: Outcome) -> bool {
         let duration = u64::try_from(finish - start).unwrap_or(0);
         let (bin, over) = self.sem.histogram.bin(duration);
-        let start_buckets: Vec<_> = self.buckets(start).collect();
-        for (bucket, exp) in start_buckets {
-            self.add(
-                keys::counters(self.prefix, bucket, series),
-                exp,
-                field::FINISHED_OF_STARTED,
-                1,
-            );
-        }
-        let finish_buckets: Vec<_> = self.buckets(finish).collect();
-        let sum = i64::try_from(duration).unwrap_or(i64::MAX);
-        for (bucket, exp) in finish_buckets {
-            let counters = keys::counters(self.prefix, bucket, series);
-            self.add(counters.clone(), exp, keys::outcome_field(outcome), 1);
-            if over {
-                self.add(counters, exp, field::OVER_RANGE, 1);
-            }
-            let hist = keys::histogram(self.prefix, &self.namespace, bucket, series, outcome);
-            self.add(hist.clone(), exp, field::N, 1);
-            self.add(hist.clone(), exp, field::SUM_US, sum);
-            *self.bins.entry(hist).or_default().entry(bin).or_default() += 1;
+        self.add(start, series, Field::FinishedOfStarted, 1);
+        self.add(finish, series, Field::Count(outcome), 1);
+        self.add(
+            finish,
+            series,
+            Field::Sum(outcome),
+            i64::try_from(duration).unwrap_or(i64::MAX),
+        );
+        self.add(finish, series, Field::Bin(outcome, bin), 1);
+        if over {
+            self.add(finish, series, Field::OverRange, 1);
         }
         over
     }
 
     fn into_writes(self) -> Vec<HashWrite> {
-        let mut bins = self.bins;
+        let namespace = self.sem.histogram.namespace();
         self.hashes
             .into_iter()
-            .map(|(key, (expire_at_ms, fields))| {
-                let mut fields: Vec<(String, i64)> = fields.into_iter().map(|(f, d)| (f.to_owned(), d)).collect();
-                if let Some(b) = bins.remove(&key) {
-                    fields.extend(b.into_iter().map(|(bin, d)| (bin.to_string(), d)));
-                }
-                HashWrite {
-                    key,
-                    expire_at_ms,
-                    fields,
-                }
+            .map(|(key, (expire_at_ms, fields))| HashWrite {
+                key: keys::bucket(self.prefix, &namespace, key.bucket, key.series),
+                expire_at_ms,
+                fields: fields.into_iter().map(|(f, d)| (f.name(), d)).collect(),
             })
             .collect()
     }
@@ -278,8 +293,8 @@ pub fn plan_task(
     let mut plan = Plan::default();
     let mut inc = Increments::new(sem, prefix, now);
     // Current state of each touched key, with the TTL its last change asks for.
-    let mut current: HashMap<String, (Option<InstanceState>, Option<Micros>)> = HashMap::new();
-    let mut new_series: HashMap<SeriesId, String> = HashMap::new();
+    let mut current: FxHashMap<String, (Option<InstanceState>, Option<Micros>)> = FxHashMap::default();
+    let mut new_series: FxHashMap<SeriesId, String> = FxHashMap::default();
 
     for (index, event) in events {
         let key = keys::instance(prefix, event.instance_id.as_str());
@@ -459,7 +474,7 @@ mod tests {
                 records.insert(w.key, w.new);
             }
             for h in plan.hash_writes {
-                if h.key.contains(":c:m:") || h.key.contains(":h:m:") {
+                if h.key.contains(":b:m:") {
                     for (f, d) in h.fields {
                         *totals.entry(f).or_default() += d;
                     }
@@ -481,9 +496,16 @@ mod tests {
         assert_eq!(d, vec![OK, OK]);
         assert_eq!(totals["started"], 1);
         assert_eq!(totals["fin"], 1);
-        assert_eq!(totals["s"], 1);
-        assert_eq!(totals["n"], 1);
-        assert_eq!(totals["sum"], 5_000_000);
+        assert_eq!(totals["s"], 1, "one succeeded duration");
+        assert_eq!(totals["sum:s"], 5_000_000);
+        assert_eq!(
+            totals
+                .iter()
+                .filter(|(k, _)| k.starts_with("s:"))
+                .map(|(_, v)| v)
+                .sum::<i64>(),
+            1
+        );
     }
 
     #[test]
@@ -494,7 +516,7 @@ mod tests {
         ]);
         assert_eq!(d, vec![OK, OK]);
         assert_eq!(totals["f"], 1);
-        assert_eq!(totals["sum"], 7_000_000);
+        assert_eq!(totals["sum:f"], 7_000_000);
     }
 
     #[test]
@@ -519,7 +541,7 @@ mod tests {
         use Disposition::Duplicate as Dup;
         assert_eq!(d, vec![OK, Dup, OK, OK, Dup, Dup, Dup, Dup, Dup]);
         assert_eq!(totals["started"], 2);
-        assert_eq!(totals["n"], 2);
+        assert_eq!(totals["s"], 2);
     }
 
     #[test]
@@ -531,7 +553,7 @@ mod tests {
         ]]);
         assert!(matches!(&d[1], Disposition::Rejected(r) if r.contains("earlier than its start")));
         assert_eq!(d[2], OK);
-        assert_eq!(totals["n"], 1);
+        assert_eq!(totals["s"], 1);
     }
 
     #[test]

@@ -10,7 +10,9 @@ use crate::domain::{Outcome, SeriesId, TaskName, Tenant};
 /// Version of the key schema; a change that is not backward compatible bumps it.
 pub const SCHEMA: &str = "tt:v1";
 
-/// Counter fields of a counters hash.
+/// Fields of a bucket hash. One hash per (series, resolution, bucket) holds the counts
+/// and the duration histograms of every outcome, so a commit round touches one hash per
+/// series and resolution.
 pub mod field {
     /// Instances started in this bucket.
     pub const STARTED: &str = "started";
@@ -18,10 +20,6 @@ pub mod field {
     pub const FINISHED_OF_STARTED: &str = "fin";
     /// Durations clamped to the highest trackable value, filed under the finish.
     pub const OVER_RANGE: &str = "over";
-    /// Exact number of durations in a histogram hash.
-    pub const N: &str = "n";
-    /// Exact sum of durations in a histogram hash, µs.
-    pub const SUM_US: &str = "sum";
 }
 
 /// Key prefix shared by every key of one task: `tt:v1:{tenant|task}`.
@@ -45,25 +43,41 @@ pub fn task_index(tenant: &Tenant) -> String {
     format!("{SCHEMA}:tasks:{{{}}}", tenant.as_str())
 }
 
-/// Counters of one series in one bucket: started, finished-of-started, outcomes, over range.
-pub fn counters(prefix: &str, bucket: BucketRef, series: SeriesId) -> String {
-    format!("{prefix}:c:{}:{}:{:016x}", bucket.res.code(), bucket.start, series.0)
-}
-
-/// The duration histogram of one series, outcome and bucket: bin -> count, plus `n` and `sum`.
-pub fn histogram(prefix: &str, namespace: &str, bucket: BucketRef, series: SeriesId, outcome: Outcome) -> String {
+/// The bucket hash of one series: counts, and per outcome the exact sum of durations
+/// and the histogram bins. Carries the histogram namespace: bins of another histogram
+/// configuration are never mixed in.
+pub fn bucket(prefix: &str, namespace: &str, bucket: BucketRef, series: SeriesId) -> String {
     format!(
-        "{prefix}:{namespace}:h:{}:{}:{:016x}:{}",
+        "{prefix}:{namespace}:b:{}:{}:{:016x}",
         bucket.res.code(),
         bucket.start,
-        series.0,
-        outcome.code()
+        series.0
     )
 }
 
-/// The counters field holding the number of finishes with this outcome.
+/// The field counting finishes with this outcome (also the number of its durations).
 pub fn outcome_field(outcome: Outcome) -> &'static str {
     outcome.code()
+}
+
+/// The field holding the exact sum of this outcome's durations, µs.
+pub fn sum_field(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Succeeded => "sum:s",
+        Outcome::Failed => "sum:f",
+        Outcome::Cancelled => "sum:c",
+    }
+}
+
+/// The field counting this outcome's durations in one HDR bin (named by its lowest
+/// equivalent value, µs): `s:1234`.
+pub fn bin_field(outcome: Outcome, bin: u64) -> String {
+    format!("{}:{bin}", outcome.code())
+}
+
+/// Parses [`bin_field`] output for `outcome`; `None` for any other field.
+pub fn parse_bin_field(outcome: Outcome, field: &str) -> Option<u64> {
+    field.strip_prefix(outcome.code())?.strip_prefix(':')?.parse().ok()
 }
 
 #[cfg(test)]
@@ -83,14 +97,23 @@ mod tests {
         for key in [
             instance(&p, "abc{x}"),
             series_index(&p),
-            counters(&p, b, SeriesId(7)),
-            histogram(&p, "d2r1", b, SeriesId(7), Outcome::Failed),
+            bucket(&p, "d2r1", b, SeriesId(7)),
         ] {
             assert!(key.starts_with("tt:v1:{default|checkout}:"), "{key}");
         }
         assert_eq!(
-            counters(&p, b, SeriesId(7)),
-            "tt:v1:{default|checkout}:c:h:3600:0000000000000007"
+            bucket(&p, "d2r1", b, SeriesId(7)),
+            "tt:v1:{default|checkout}:d2r1:b:h:3600:0000000000000007"
         );
+    }
+
+    #[test]
+    fn bin_fields_round_trip_and_belong_to_one_outcome() {
+        let f = bin_field(Outcome::Succeeded, 1234);
+        assert_eq!(f, "s:1234");
+        assert_eq!(parse_bin_field(Outcome::Succeeded, &f), Some(1234));
+        assert_eq!(parse_bin_field(Outcome::Failed, &f), None);
+        assert_eq!(parse_bin_field(Outcome::Succeeded, "sum:s"), None);
+        assert_eq!(parse_bin_field(Outcome::Succeeded, "s"), None);
     }
 }
