@@ -132,8 +132,16 @@ pub struct Generator {
     config: BenchConfig,
     prefix: String,
     next_id: u64,
-    /// Started instances waiting for their finish: (id, task, start at, duration).
-    open: VecDeque<(u64, usize, Micros, Micros)>,
+    /// Started instances waiting for their finish: (batch, id, task, start at, duration).
+    open: VecDeque<(u64, u64, usize, Micros, Micros)>,
+    /// Batches made so far.
+    batches: u64,
+    /// A finish goes out only this many batches after its start's: by then the start has
+    /// been answered (at most `concurrency` requests of a worker are in flight), as in a
+    /// real flow, where a customer finishes seconds after starting. Without the lag a
+    /// finish races its own start through concurrent commit rounds, which is correct
+    /// (the store re-plans) but is not the load a product app makes.
+    finish_lag: u64,
 }
 
 impl Generator {
@@ -149,6 +157,8 @@ impl Generator {
             prefix: format!("b{run:x}-{worker}-"),
             next_id: 0,
             open: VecDeque::new(),
+            batches: 0,
+            finish_lag: 2 * config.concurrency as u64,
         }
     }
 
@@ -179,21 +189,30 @@ impl Generator {
         (d as i64).clamp(1_000, 600 * MICROS_PER_SEC)
     }
 
-    /// The next `n` events: for pairs, finishes of instances started in earlier batches
-    /// and starts of new ones, about half each; for completed, `n` completed events.
+    /// The next `n` events: for pairs, finishes of instances started at least
+    /// `finish_lag` batches earlier and starts of new ones, about half each; for
+    /// completed, `n` completed events.
     pub fn batch(&mut self, n: usize) -> Vec<pb::TaskEvent> {
         let mut events = Vec::with_capacity(n);
         let now = now_micros();
-        // Finishes only of instances started in earlier batches: at most half the batch.
+        let this_batch = self.batches;
+        self.batches += 1;
+        // Finishes only of instances started long enough ago: at most half the batch
+        // (for one-event batches, every other batch).
+        let ripe = self
+            .open
+            .iter()
+            .take_while(|(batch, ..)| batch + self.finish_lag <= this_batch)
+            .count();
         let mut finishes = if self.config.workload == Workload::Pairs {
-            self.open.len().min(n / 2)
+            ripe.min(n.div_ceil(2))
         } else {
             0
         };
         while events.len() < n {
             if finishes > 0 {
                 finishes -= 1;
-                let Some((id, task, start, duration)) = self.open.pop_front() else {
+                let Some((_, id, task, start, duration)) = self.open.pop_front() else {
                     break;
                 };
                 events.push(pb::TaskEvent {
@@ -227,7 +246,7 @@ impl Generator {
                         labels,
                         kind: Some(pb::task_event::Kind::Start(pb::Start {})),
                     });
-                    self.open.push_back((id, task, start, duration));
+                    self.open.push_back((this_batch, id, task, start, duration));
                 }
                 Workload::Completed => events.push(pb::TaskEvent {
                     task: Self::task_name(task),
@@ -589,9 +608,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pairs_finish_only_instances_started_in_earlier_batches() {
-        let mut g = Generator::new(&BenchConfig::default(), 0, 1);
+    fn pairs_finish_only_instances_started_finish_lag_batches_earlier() {
+        let config = BenchConfig {
+            concurrency: 2,
+            ..BenchConfig::default()
+        };
+        let mut g = Generator::new(&config, 0, 1);
         let first = g.batch(100);
+        // Batches 1..=3 are within the lag (2 × concurrency) of the first: starts only.
+        for _ in 1..4 {
+            assert!(
+                g.batch(100)
+                    .iter()
+                    .all(|e| matches!(e.kind, Some(pb::task_event::Kind::Start(_))))
+            );
+        }
         assert!(
             first
                 .iter()

@@ -1,6 +1,7 @@
 //! Stats over a selector: which buckets and series to read, and the pure merge of what
 //! was read into counts, rates and percentiles.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use hdrhistogram::Histogram;
@@ -91,15 +92,41 @@ pub async fn read_merged<S: Store>(
             )
         })
         .collect();
+    // Which of the series have data in each bucket: with many series most bucket
+    // hashes of a month do not exist, and reading the active-series hash of each bucket
+    // first saves a read per (bucket, series) that would come back empty. With one
+    // series there is nothing to save.
+    let mut distinct: Vec<BucketRef> = covers.iter().flat_map(|c| c.buckets.iter().copied()).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let active: Option<HashMap<BucketRef, FieldMap>> = if series.len() > 1 && !distinct.is_empty() {
+        let active_keys = distinct
+            .iter()
+            .map(|b| keys::active_series(&prefix, &namespace, *b))
+            .collect();
+        let maps = store.read_hashes(active_keys).await?;
+        Some(distinct.into_iter().zip(maps).collect())
+    } else {
+        None
+    };
+    let series_hex: Vec<String> = series.iter().map(|s| s.to_hex()).collect();
     let mut hash_keys = Vec::new();
-    let mut shape: Vec<Vec<BucketRef>> = Vec::new();
+    // Per cover, per bucket, the series read for it.
+    let mut shape: Vec<Vec<usize>> = Vec::new();
     for c in &covers {
+        let mut per_bucket = Vec::with_capacity(c.buckets.len());
         for bucket in &c.buckets {
-            for s in &series {
-                hash_keys.push(keys::bucket(&prefix, &namespace, *bucket, *s));
+            let in_bucket = active.as_ref().and_then(|a| a.get(bucket));
+            let mut n = 0;
+            for (s, hex) in series.iter().zip(&series_hex) {
+                if in_bucket.is_none_or(|a| a.contains_key(hex.as_str())) {
+                    hash_keys.push(keys::bucket(&prefix, &namespace, *bucket, *s));
+                    n += 1;
+                }
             }
+            per_bucket.push(n);
         }
-        shape.push(c.buckets.clone());
+        shape.push(per_bucket);
     }
     let maps = if hash_keys.is_empty() {
         Vec::new()
@@ -109,7 +136,7 @@ pub async fn read_merged<S: Store>(
     let mut maps = maps.into_iter();
     let abandon_secs = settings.abandon_after.div_euclid(MICROS_PER_SEC);
     let mut out = Vec::with_capacity(covers.len());
-    for (c, buckets) in covers.iter().zip(shape) {
+    for (c, read) in covers.iter().zip(shape) {
         let mut m = Merged {
             durations: settings.histogram.empty(),
             n: 0,
@@ -125,9 +152,9 @@ pub async fn read_merged<S: Store>(
                 to: c.to * MICROS_PER_SEC,
             },
         };
-        for bucket in buckets {
+        for (bucket, n) in c.buckets.iter().zip(read) {
             let closed_long_enough = bucket.end() + abandon_secs <= now_secs;
-            for _ in &series {
+            for _ in 0..n {
                 let hash = maps.next().unwrap_or_default();
                 add_counters(&mut m, &hash, closed_long_enough);
                 add_histogram(&mut m, &hash, selector.outcome, &settings.histogram);
@@ -236,5 +263,118 @@ mod tests {
         let stats = summarize(merged, &[50.0], &config);
         assert!((stats.success_rate - 0.6).abs() < 1e-12);
         assert_eq!(stats.percentiles, vec![(50.0, 0)]);
+    }
+
+    /// A store that counts the bucket hashes a query reads.
+    #[derive(Debug, Clone)]
+    struct Counting {
+        inner: crate::store::MemoryStore,
+        bucket_reads: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Store for Counting {
+        async fn apply(
+            &self,
+            events: &[crate::domain::TaskEvent],
+            now: Micros,
+        ) -> Result<Vec<crate::ingest::plan::Disposition>, StoreError> {
+            self.inner.apply(events, now).await
+        }
+        async fn series(
+            &self,
+            tenant: &crate::domain::Tenant,
+            task: &crate::domain::TaskName,
+        ) -> Result<Vec<(SeriesId, crate::domain::Labels)>, StoreError> {
+            self.inner.series(tenant, task).await
+        }
+        async fn read_hashes(&self, keys: Vec<String>) -> Result<Vec<FieldMap>, StoreError> {
+            let buckets = keys.iter().filter(|k| k.contains(":b:")).count();
+            self.bucket_reads
+                .fetch_add(buckets, std::sync::atomic::Ordering::Relaxed);
+            self.inner.read_hashes(keys).await
+        }
+        async fn tasks(&self, tenant: &crate::domain::Tenant) -> Result<Vec<String>, StoreError> {
+            self.inner.tasks(tenant).await
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_query_reads_only_the_bucket_hashes_of_series_with_data() {
+        use crate::domain::{EventKind, InstanceId, LabelFilter, Labels, TaskEvent, TaskName, Tenant};
+        use crate::ingest::plan::Semantics;
+
+        let histogram = Arc::new(HistogramConfig::new(HistogramConfig::DEFAULT_HIGHEST_US, 2).unwrap());
+        let sem = Arc::new(Semantics {
+            abandon_after: Semantics::DEFAULT_ABANDON_AFTER,
+            dedupe_horizon: Semantics::DEFAULT_DEDUPE_HORIZON,
+            retention: Retention::default(),
+            histogram: Arc::clone(&histogram),
+        });
+        let store = Counting {
+            inner: crate::store::MemoryStore::new(sem),
+            bucket_reads: Arc::default(),
+        };
+        let now = crate::domain::now_micros();
+        let task = TaskName::parse("task", "checkout".into()).unwrap();
+        // 20 releases; release r{i} has one 2 s success, finished i minutes ago.
+        let events: Vec<TaskEvent> = (0..20)
+            .map(|i| TaskEvent {
+                tenant: Tenant::default_tenant(),
+                task: task.clone(),
+                instance_id: InstanceId::parse("id", format!("i{i}")).unwrap(),
+                at: now - i64::from(i) * 60 * MICROS_PER_SEC,
+                labels: Labels::parse("labels", [("release".to_owned(), format!("r{i}"))], 16, 128).unwrap(),
+                kind: EventKind::Completed {
+                    duration: 2 * MICROS_PER_SEC,
+                    outcome: Outcome::Succeeded,
+                },
+            })
+            .collect();
+        store.apply(&events, now).await.unwrap();
+        let settings = QuerySettings {
+            retention: Retention::default(),
+            abandon_after: Semantics::DEFAULT_ABANDON_AFTER,
+            histogram,
+        };
+        let range = TimeRange {
+            from: now - 30 * 86_400 * MICROS_PER_SEC,
+            to: now,
+        };
+        let mut selector = Selector {
+            tenant: Tenant::default_tenant(),
+            task,
+            filter: LabelFilter::default(),
+            range,
+            outcome: Outcome::Succeeded,
+            percentiles: vec![50.0],
+        };
+        let all = read_merged(&store, &settings, &selector, &[range], now).await.unwrap();
+        assert_eq!(all[0].n, 20, "every release's duration is counted");
+        assert_eq!(all[0].sum_us, 40 * i128::from(MICROS_PER_SEC));
+        let buckets = cover(
+            round_down_minute(range.from),
+            round_up_minute(range.to),
+            now.div_euclid(MICROS_PER_SEC),
+            &settings.retention,
+        )
+        .buckets
+        .len();
+        let reads = store.bucket_reads.load(std::sync::atomic::Ordering::Relaxed);
+        // Each series has data in at most three buckets of the cover (its minute, hour
+        // and day, whichever the cover uses); reading every (bucket, series) would be
+        // buckets × 20.
+        assert!(
+            reads <= 3 * 20,
+            "{reads} bucket hashes read of {} possible",
+            buckets * 20
+        );
+
+        selector.filter = LabelFilter::parse("filter", [("release".to_owned(), "r3".to_owned())]).unwrap();
+        let one = read_merged(&store, &settings, &selector, &[range], now).await.unwrap();
+        assert_eq!(one[0].n, 1);
+        assert_eq!(one[0].started, 1);
     }
 }

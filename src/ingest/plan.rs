@@ -247,16 +247,31 @@ impl<'a> Increments<'a> {
         over
     }
 
+    /// The bucket hashes' increments, and for every bucket touched one increment per
+    /// series to its active-series hash (which a query reads first, to fetch only the
+    /// series that have data in a bucket; it expires with the bucket).
     fn into_writes(self) -> Vec<HashWrite> {
         let namespace = self.sem.histogram.namespace();
-        self.hashes
-            .into_iter()
-            .map(|(key, (expire_at_ms, fields))| HashWrite {
+        let mut active: FxHashMap<BucketRef, (i64, Vec<(String, i64)>)> = FxHashMap::default();
+        let mut writes: Vec<HashWrite> = Vec::with_capacity(self.hashes.len() + 8);
+        for (key, (expire_at_ms, fields)) in self.hashes {
+            active
+                .entry(key.bucket)
+                .or_insert_with(|| (expire_at_ms, Vec::new()))
+                .1
+                .push((key.series.to_hex(), 1));
+            writes.push(HashWrite {
                 key: keys::bucket(self.prefix, &namespace, key.bucket, key.series),
                 expire_at_ms,
                 fields: fields.into_iter().map(|(f, d)| (f.name(), d)).collect(),
-            })
-            .collect()
+            });
+        }
+        writes.extend(active.into_iter().map(|(bucket, (expire_at_ms, fields))| HashWrite {
+            key: keys::active_series(self.prefix, &namespace, bucket),
+            expire_at_ms,
+            fields,
+        }));
+        writes
     }
 }
 
