@@ -409,18 +409,20 @@ open_instances() {
   [[ $accepted == "$OPEN_N" ]] || die "open instances: $accepted of $OPEN_N accepted ($(cat "$f"))"
   m1=$(used_memory)
   # The instance records alone, without the counters and series index the starts also
-  # wrote: MEMORY USAGE of the instance keys in one SCAN page.
-  local sample one
-  sample=$TMPD/instance-keys
-  rcli scan 0 match '*:i:*' count 1000 | tail -n +2 >"$sample"
-  one=$(awk '{print "MEMORY USAGE " $0}' "$sample" | rcli | awk '{s += $1; n++} END {printf "%.0f", n ? s / n : 0}')
+  # wrote: the record hashes' MEMORY USAGE (every field counted) ÷ their fields.
+  local recs one nrec
+  recs=$TMPD/record-hashes
+  rcli --scan --pattern '*:r:*' >"$recs"
+  nrec=$(awk '{print "HLEN " $0}' "$recs" | rcli | awk '{s += $1} END {print s + 0}')
+  one=$(awk '{print "MEMORY USAGE " $0 " SAMPLES 0"}' "$recs" | rcli |
+    awk -v n="$nrec" '{s += $1} END {printf "%.0f", n ? s / n : 0}')
   local per rss hwm label
   per=$(calc "($m1 - $m0) / $OPEN_N")
   V[open_instance]=$per
   rss=$(calc "$(rss_kb "$SVC_PID")" / 1024)
   hwm=$(calc "$(hwm_kb "$SVC_PID")" / 1024)
   label="$(fmt "$OPEN_N") starts in $(fmt $((tasks * 100))) series, 4 × record"
-  row "Redis memory per open instance" "$label; used_memory +$(fmt "$(calc "($m1 - $m0) / 1048576")") MiB ÷ $(fmt "$OPEN_N"); the instance key alone: $one B (MEMORY USAGE, $(wc -l <"$sample") sampled)" \
+  row "Redis memory per open instance" "$label; used_memory +$(fmt "$(calc "($m1 - $m0) / 1048576")") MiB ÷ $(fmt "$OPEN_N"); the instance records alone: $one B ($(fmt "$nrec") records in $(wc -l <"$recs") record hashes, MEMORY USAGE)" \
     "$(printf '%.0f' "$per") B" "–" "–" "$(per_unit "$M_SVC" "$OPEN_N")" "$(per_unit "$M_REDIS" "$OPEN_N")" \
     "$(per_unit "$M_CLIENT" "$OPEN_N")" "$(num "$(calc "$M_CALLS / $OPEN_N")")" \
     "$(fmt "$rss")" "$(verdict "$per" "<=" 200 "≤ 200 B")"

@@ -46,8 +46,9 @@ impl Semantics {
     /// Default dedupe horizon: 1 h after the instance completed.
     pub const DEFAULT_DEDUPE_HORIZON: Micros = 3600 * MICROS_PER_SEC;
 
-    /// How long an open start or a pending finish is kept waiting for its partner.
-    fn open_ttl(&self) -> Micros {
+    /// How long an open start or a pending finish is kept waiting for its partner (the
+    /// longest any record must be kept).
+    pub fn open_ttl(&self) -> Micros {
         self.abandon_after + self.dedupe_horizon
     }
 }

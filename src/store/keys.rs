@@ -32,6 +32,12 @@ pub fn instance(prefix: &str, instance_id: &str) -> String {
     format!("{prefix}:i:{instance_id}")
 }
 
+/// The record hash of one generation of a task: instance id -> record (open start,
+/// pending finish or done marker). See `store/lua/commit.lua`.
+pub fn records(prefix: &str, generation: i64) -> String {
+    format!("{prefix}:r:{generation}")
+}
+
 /// The task's series index: series id (hex) -> labels (JSON object).
 pub fn series_index(prefix: &str) -> String {
     format!("{prefix}:series")
@@ -103,6 +109,7 @@ mod tests {
         };
         for key in [
             instance(&p, "abc{x}"),
+            records(&p, 123),
             series_index(&p),
             bucket(&p, "d2r1", b, SeriesId(7)),
             active_series(&p, "d2r1", b),

@@ -44,6 +44,7 @@ pub struct RedisStore {
     conn: ConnectionManager,
     sem: Arc<Semantics>,
     script: Arc<redis::Script>,
+    generations: Generations,
     /// Tasks already in the task index; saves an `SADD` per round. Short critical
     /// sections only, never held across `.await`.
     indexed_tasks: Arc<Mutex<HashSet<(Tenant, TaskName)>>>,
@@ -73,6 +74,54 @@ fn store_error(e: RedisError) -> StoreError {
     }
 }
 
+/// Instance records are kept in record hashes per generation, a fixed window of time
+/// (see `lua/commit.lua`): a hash expires `keep_s` after its window ends, so every record
+/// lives at least as long as the longest record TTL, and at most one window longer.
+/// Replicas' clocks may differ by less than one window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Generations {
+    /// Length of one generation, s.
+    length_s: i64,
+    /// How long a generation's hashes outlive its end, s: the longest record TTL.
+    keep_s: i64,
+}
+
+/// The generations one round reads, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Live {
+    gens: Vec<i64>,
+    /// Position of the current generation in `gens`.
+    current: usize,
+}
+
+impl Generations {
+    /// Half the longest record TTL (at least a minute): a round reads four generations,
+    /// and a record outlives its TTL by half of it at most.
+    fn new(sem: &Semantics) -> Self {
+        let keep_s = sem.open_ttl().max(sem.dedupe_horizon).div_euclid(1_000_000).max(1);
+        Generations {
+            length_s: (keep_s / 2).max(60),
+            keep_s,
+        }
+    }
+
+    /// The generations that can hold a live record at `now_s`, newest first: the one after
+    /// the current (written by a replica whose clock is ahead), the current, and each
+    /// older one whose hashes have not expired.
+    fn live(&self, now_s: i64) -> Live {
+        let current = now_s.div_euclid(self.length_s);
+        let oldest = (now_s - self.keep_s).div_euclid(self.length_s);
+        Live {
+            gens: (oldest..=current + 1).rev().collect(),
+            current: 1,
+        }
+    }
+
+    fn expire_at_ms(&self, generation: i64) -> i64 {
+        ((generation + 1) * self.length_s + self.keep_s) * 1000
+    }
+}
+
 impl RedisStore {
     /// Opens a connection manager on `url` (`redis://host:port/db`). It connects lazily:
     /// the service can start while Redis is down, and reports NOT_SERVING until it is up.
@@ -91,6 +140,7 @@ impl RedisStore {
             .map_err(|e| StoreError::Internal(format!("cannot set up Redis connection to `{url}`: {e}")))?;
         Ok(RedisStore {
             conn,
+            generations: Generations::new(&sem),
             sem,
             script: Arc::new(redis::Script::new(include_str!("lua/commit.lua"))),
             indexed_tasks: Arc::new(Mutex::new(HashSet::new())),
@@ -140,41 +190,24 @@ impl RedisStore {
         if let Some((_, first)) = group.first() {
             self.index_task(&first.tenant, &first.task).await?;
         }
-        let instance_keys = plan::instance_keys(prefix, group);
+        let live = self.generations.live(now.div_euclid(1_000_000));
         // The first attempt is optimistic: only a finish needs its start's record to be
         // planned; starts and completed events are planned as if their record were absent,
-        // which is what the script checks (SET NX). A retry, a duplicate or a pending
-        // finish makes that check fail, and the next attempt reads every record.
-        let finish_keys: Vec<String> = {
-            let mut keys: Vec<String> = group
-                .iter()
-                .filter(|(_, e)| matches!(e.kind, crate::domain::EventKind::Finish(_)))
-                .map(|(_, e)| keys::instance(prefix, e.instance_id.as_str()))
-                .collect();
-            keys.sort_unstable();
-            keys.dedup();
-            keys
-        };
+        // which is what the script checks. A retry, a duplicate or a pending finish makes
+        // that check fail, and the next attempt reads every record.
+        let all_ids = distinct_ids(group, |_| true);
+        let finish_ids = distinct_ids(group, |e| matches!(e.kind, crate::domain::EventKind::Finish(_)));
         let mut conn = self.conn.clone();
         for attempt in 0..MAX_ATTEMPTS {
-            let to_read = if attempt == 0 { &finish_keys } else { &instance_keys };
-            let values: Vec<Option<String>> = if to_read.is_empty() {
-                Vec::new()
-            } else {
-                redis::cmd("MGET")
-                    .arg(to_read)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(store_error)?
-            };
-            let read: HashMap<String, Option<String>> = to_read.iter().cloned().zip(values).collect();
+            let to_read = if attempt == 0 { &finish_ids } else { &all_ids };
+            let read = self.read_records(&mut conn, prefix, to_read, &live).await?;
             let plan = plan::plan_task(prefix, group, &read, &self.sem, now);
             if plan.instance_writes.is_empty() && plan.hash_writes.is_empty() {
                 // Only duplicates and rejections: nothing to write, nothing to check.
                 return Ok(plan.dispositions);
             }
             let changed: Vec<i64> = self
-                .invocation(&plan)
+                .invocation(prefix, &plan, &live)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(store_error)?;
@@ -189,21 +222,55 @@ impl RedisStore {
         Err(StoreError::Contention)
     }
 
-    fn invocation(&self, plan: &Plan) -> redis::ScriptInvocation<'_> {
+    /// The current record of each instance in `ids` (its value in the newest live
+    /// generation that holds it), keyed as the planner keys them.
+    async fn read_records(
+        &self,
+        conn: &mut ConnectionManager,
+        prefix: &str,
+        ids: &[&str],
+        live: &Live,
+    ) -> Result<HashMap<String, Option<String>>, StoreError> {
+        let mut read: HashMap<String, Option<String>> =
+            ids.iter().map(|id| (keys::instance(prefix, id), None)).collect();
+        if ids.is_empty() {
+            return Ok(read);
+        }
+        let mut pipe = redis::pipe();
+        for generation in &live.gens {
+            pipe.cmd("HMGET").arg(keys::records(prefix, *generation)).arg(ids);
+        }
+        let replies: Vec<Vec<Option<String>>> = pipe.query_async(conn).await.map_err(store_error)?;
+        // Newest generation first: the first value found is the current one.
+        for values in replies {
+            for (id, value) in ids.iter().zip(values) {
+                if let Some(v) = value {
+                    let slot = read.entry(keys::instance(prefix, id)).or_default();
+                    if slot.is_none() {
+                        *slot = Some(v);
+                    }
+                }
+            }
+        }
+        Ok(read)
+    }
+
+    fn invocation(&self, prefix: &str, plan: &Plan, live: &Live) -> redis::ScriptInvocation<'_> {
         let mut inv = self.script.prepare_invoke();
-        let n_series = if plan.series_writes.is_empty() {
-            0
-        } else {
-            plan.series_writes.len()
-        };
-        inv.arg(plan.instance_writes.len())
+        let n_series = plan.series_writes.len();
+        let record_prefix = format!("{prefix}:i:");
+        inv.arg(live.gens.len())
+            .arg(live.current + 1)
             .arg(plan.hash_writes.len())
             .arg(n_series);
+        for generation in &live.gens {
+            inv.key(keys::records(prefix, *generation));
+            inv.arg(self.generations.expire_at_ms(*generation));
+        }
+        inv.arg(plan.instance_writes.len());
         for w in &plan.instance_writes {
-            inv.key(&w.key);
-            inv.arg(w.expected.as_deref().unwrap_or(""))
-                .arg(&w.new)
-                .arg(w.ttl_ms.max(1));
+            let id = w.key.strip_prefix(&record_prefix).unwrap_or(&w.key);
+            inv.arg(id).arg(w.expected.as_deref().unwrap_or("")).arg(&w.new);
         }
         for h in &plan.hash_writes {
             inv.key(&h.key);
@@ -220,6 +287,17 @@ impl RedisStore {
         }
         inv
     }
+}
+
+/// The distinct instance ids of the group's events that `keep` selects, in first-seen order.
+fn distinct_ids<'a>(group: &[(usize, &'a TaskEvent)], keep: impl Fn(&TaskEvent) -> bool) -> Vec<&'a str> {
+    let mut seen = HashSet::new();
+    group
+        .iter()
+        .filter(|(_, e)| keep(e))
+        .map(|(_, e)| e.instance_id.as_str())
+        .filter(|id| seen.insert(*id))
+        .collect()
 }
 
 impl Store for RedisStore {
@@ -273,5 +351,47 @@ impl Store for RedisStore {
         let mut conn = self.conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(store_error)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generations(keep_s: i64) -> Generations {
+        Generations {
+            length_s: (keep_s / 2).max(60),
+            keep_s,
+        }
+    }
+
+    #[test]
+    fn a_round_reads_every_generation_whose_hashes_have_not_expired() {
+        let g = generations(7200);
+        for now in [0, 1, 3599, 3600, 3601, 1_800_000_000, 1_800_003_599] {
+            let live = g.live(now);
+            let current = now.div_euclid(3600);
+            assert_eq!(live.gens[live.current], current);
+            assert_eq!(live.gens[0], current + 1, "one generation ahead, for clock skew");
+            for generation in current - 10..=current + 1 {
+                let alive = g.expire_at_ms(generation) > now * 1000;
+                assert_eq!(
+                    live.gens.contains(&generation),
+                    alive,
+                    "now {now}, generation {generation}"
+                );
+            }
+            assert!(live.gens.windows(2).all(|w| w[0] == w[1] + 1), "newest first");
+        }
+    }
+
+    #[test]
+    fn a_record_outlives_its_ttl_by_at_most_one_generation() {
+        let g = generations(7200);
+        for written in [0_i64, 1, 3599, 3600, 1_800_000_123] {
+            let expires_s = g.expire_at_ms(written.div_euclid(g.length_s)) / 1000;
+            assert!(expires_s >= written + 7200);
+            assert!(expires_s <= written + 7200 + g.length_s);
+        }
     }
 }

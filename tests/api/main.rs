@@ -16,3 +16,4 @@ mod gate;
 mod model;
 mod network;
 mod process;
+mod storage;

@@ -1,65 +1,137 @@
 #!lua
 -- Commits one round of one task's events, atomically, exactly once.
 --
--- The caller planned the round from the instance records it read (or, for records it
--- did not read, assumed absent). This script checks every one of them is still what the
+-- Instance records live as fields of record hashes, one per generation: the field is
+-- the instance id, the value its record. A generation is a fixed window of
+-- time; its hashes expire a record TTL after the window ends, so every record outlives
+-- its TTL and no sweeper is needed. A record's current value is the one in the newest
+-- generation that holds it; writes go to the current generation (or a newer one that
+-- already holds the record, written by a replica whose clock is ahead).
+--
+-- The caller planned the round from the records it read (or, for records it did not
+-- read, assumed absent). This script first checks every one of them is still what the
 -- plan assumed; if any differs (another replica got there first, a retry of events
 -- already applied, or this very script already ran once and its reply was lost), it
--- applies NOTHING and returns the 1-based positions of the records that differ, so the
+-- writes NOTHING and returns the 1-based positions of the records that differ, so the
 -- caller re-reads and re-plans. Otherwise it writes the new records and adds the
 -- increments, and returns an empty array.
 --
--- KEYS: n_inst instance keys, then n_hash hash keys, then the series index (if n_series > 0)
--- ARGV: n_inst, n_hash, n_series,
---       per instance: expected ('' = absent), new value, ttl ms
---       per hash: expire-at ms, field count k, then k (field, delta) pairs
+-- KEYS: n_gen record hash keys, newest generation first (the current one at position
+--       `current`); then n_hash hash keys; then the series index (if n_series > 0)
+-- ARGV: n_gen, current, n_hash, n_series,
+--       per generation: expire-at ms of its record hash,
+--       k, then k (instance id, expected ('' = absent), new value),
+--       per hash: expire-at ms, field count k, then k (field, delta) pairs,
 --       per series: series id, labels JSON
 --
--- Cost matters here (it runs for every event): a record expected absent is claimed with
--- one SET NX; increments to one hash are one HMGET and one HSET, however many fields.
-local n_inst = tonumber(ARGV[1])
-local n_hash = tonumber(ARGV[2])
-local n_series = tonumber(ARGV[3])
+-- Cost matters here (it runs for every event): records are read with one HMGET per
+-- record hash and written with one HSET per record hash, however many instances; the
+-- increments to one hash are one HMGET and one HSET, however many fields.
+local n_gen = tonumber(ARGV[1])
+local current_gen = tonumber(ARGV[2])
+local n_hash = tonumber(ARGV[3])
+local n_series = tonumber(ARGV[4])
+local gen_expire = {}
+for g = 1, n_gen do
+  gen_expire[g] = ARGV[4 + g]
+end
+local a = 5 + n_gen
 
-local changed = {}
-local claimed = {}
-local a = 4
-for i = 1, n_inst do
-  local expected = ARGV[a]
-  if expected == '' then
-    if redis.call('SET', KEYS[i], ARGV[a + 1], 'NX', 'PX', ARGV[a + 2]) then
-      claimed[#claimed + 1] = KEYS[i]
-    else
-      changed[#changed + 1] = i
-    end
-  else
-    local current = redis.call('GET', KEYS[i])
-    if current ~= expected then
-      changed[#changed + 1] = i
+-- Lua's unpack takes a few thousand values at most: long lists go in chunks.
+local CHUNK = 2000
+local function hmget(key, list)
+  if #list <= CHUNK then
+    return redis.call('HMGET', key, unpack(list))
+  end
+  local out = {}
+  for i = 1, #list, CHUNK do
+    local got = redis.call('HMGET', key, unpack(list, i, math.min(i + CHUNK - 1, #list)))
+    for j = 1, #got do
+      out[i + j - 1] = got[j]
     end
   end
-  a = a + 3
+  return out
+end
+local function call_chunked(cmd, key, list)
+  for i = 1, #list, CHUNK do
+    redis.call(cmd, key, unpack(list, i, math.min(i + CHUNK - 1, #list)))
+  end
+end
+
+-- Phase 1: read and check every record; remember the generation each was found in.
+local k = tonumber(ARGV[a])
+local base = a + 1
+a = base + 3 * k
+local value = {}
+local found = {}
+local missing = {}
+local missing_at = {}
+for f = 1, k do
+  missing[f] = ARGV[base + 3 * (f - 1)]
+  missing_at[f] = f
+end
+for g = 1, n_gen do
+  if #missing == 0 then
+    break
+  end
+  local got = hmget(KEYS[g], missing)
+  local still, still_at = {}, {}
+  for m = 1, #missing do
+    local f = missing_at[m]
+    if got[m] then
+      value[f] = got[m]
+      found[f] = g
+    else
+      still[#still + 1] = missing[m]
+      still_at[#still_at + 1] = f
+    end
+  end
+  missing, missing_at = still, still_at
+end
+local changed = {}
+for f = 1, k do
+  if (value[f] or '') ~= ARGV[base + 3 * (f - 1) + 1] then
+    changed[#changed + 1] = f
+  end
 end
 if #changed > 0 then
-  -- Undo the claims: nobody can have seen them, the script is atomic.
-  for j = 1, #claimed do
-    redis.call('DEL', claimed[j])
-  end
   return changed
 end
 
-a = 4
-for i = 1, n_inst do
-  if ARGV[a] ~= '' then
-    redis.call('SET', KEYS[i], ARGV[a + 1], 'PX', ARGV[a + 2])
+-- Phase 2: write each record to the current generation, or to the newer one holding it.
+local writes = {}
+local removes = {}
+for f = 1, k do
+  local id = ARGV[base + 3 * (f - 1)]
+  local from = found[f]
+  local to = current_gen
+  if from and from < current_gen then
+    to = from
   end
-  a = a + 3
+  writes[to] = writes[to] or {}
+  local w = writes[to]
+  w[#w + 1] = id
+  w[#w + 1] = ARGV[base + 3 * (f - 1) + 2]
+  if from and from ~= to then
+    removes[from] = removes[from] or {}
+    local r = removes[from]
+    r[#r + 1] = id
+  end
+end
+for g = 1, n_gen do
+  if writes[g] then
+    call_chunked('HSET', KEYS[g], writes[g])
+    redis.call('PEXPIREAT', KEYS[g], gen_expire[g])
+  end
+  if removes[g] then
+    call_chunked('HDEL', KEYS[g], removes[g])
+  end
 end
 
 -- Increments: read the current values of all fields of a hash at once, add, write back.
-local CHUNK = 2000
+local first_hash = n_gen
 for j = 1, n_hash do
-  local key = KEYS[n_inst + j]
+  local key = KEYS[first_hash + j]
   local expire_at = ARGV[a]
   local k = tonumber(ARGV[a + 1])
   a = a + 2
@@ -84,7 +156,7 @@ for j = 1, n_hash do
   redis.call('PEXPIREAT', key, expire_at)
 end
 if n_series > 0 then
-  local key = KEYS[n_inst + n_hash + 1]
+  local key = KEYS[first_hash + n_hash + 1]
   for _ = 1, n_series do
     redis.call('HSETNX', key, ARGV[a], ARGV[a + 1])
     a = a + 2

@@ -1,0 +1,196 @@
+//! What lands in Redis: the key layout, the expiry of each kind of key, and the memory
+//! an open instance costs.
+
+use tasktime::pb::Outcome::Succeeded;
+
+use crate::helpers::*;
+
+/// Keys matching `pattern`, sorted.
+fn keys(redis: &RedisServer, pattern: &str) -> Vec<String> {
+    let mut keys: Vec<String> = redis
+        .cli(&["--scan", "--pattern", pattern])
+        .lines()
+        .map(str::to_owned)
+        .filter(|k| !k.is_empty())
+        .collect();
+    keys.sort();
+    keys
+}
+
+fn pttl_s(redis: &RedisServer, key: &str) -> i64 {
+    let ms: i64 = redis.cli(&["pttl", key]).trim().parse().expect("PTTL is a number");
+    assert!(ms > 0, "{key} has no expiry (PTTL {ms})");
+    ms / 1000
+}
+
+#[tokio::test]
+async fn records_and_buckets_expire_as_configured_and_nothing_lives_forever() {
+    let mut app = spawn_app(Backend::Redis).await;
+    let t0 = now() - 120 * SEC;
+    let r = record(
+        &mut app.ingest,
+        vec![
+            start("checkout", "open-1", t0, &[("release", "1")]),
+            start("checkout", "done-1", t0, &[("release", "1")]),
+            finish("checkout", "done-1", t0 + 5 * SEC, Succeeded),
+        ],
+    )
+    .await;
+    assert_eq!(r.accepted, 3);
+    let redis = app.redis.as_ref().expect("a Redis app");
+
+    // Instance records: fields of record hashes; none is a key of its own.
+    assert!(keys(redis, "*:i:*").is_empty(), "no per-instance keys");
+    let record_hashes = keys(redis, "tt:v1:{default|checkout}:r:*");
+    assert!(!record_hashes.is_empty());
+    let mut found = Vec::new();
+    for key in &record_hashes {
+        for id in ["open-1", "done-1"] {
+            let value = redis.cli(&["hget", key, id]);
+            if !value.trim().is_empty() {
+                found.push((id, value.trim().to_owned()));
+            }
+        }
+        // The default record TTL is abandon_after + dedupe horizon = 2 h; a generation
+        // (1 h) may add at most its length.
+        let ttl = pttl_s(redis, key);
+        assert!((7_200 - 5..=10_800).contains(&ttl), "{key}: TTL {ttl} s");
+    }
+    found.sort();
+    assert_eq!(found.len(), 2, "each instance has exactly one record: {found:?}");
+    assert_eq!(found[0].0, "done-1");
+    assert_eq!(found[0].1, "D", "a finished instance keeps only its done marker");
+    assert!(
+        found[1].1.starts_with("S|"),
+        "an open instance keeps its start: {:?}",
+        found[1]
+    );
+
+    // Buckets: minute 2 days, hour 35 days, day 400 days after the bucket's end.
+    for (res, keep_s) in [("m", 2 * 86_400), ("h", 35 * 86_400), ("d", 400 * 86_400)] {
+        let buckets = keys(redis, &format!("tt:v1:{{default|checkout}}:*:b:{res}:*"));
+        assert!(!buckets.is_empty(), "resolution {res} has bucket hashes");
+        let active = keys(redis, &format!("tt:v1:{{default|checkout}}:*:a:{res}:*"));
+        assert_eq!(active.len(), buckets.len(), "one active-series hash per bucket here");
+        for key in buckets.iter().chain(&active) {
+            let ttl = pttl_s(redis, key);
+            assert!(
+                ttl <= keep_s + 86_400 && ttl > keep_s - 86_400 - 3_600,
+                "{key}: TTL {ttl} s"
+            );
+        }
+    }
+    // Indexes: the series index and the task index.
+    assert_eq!(keys(redis, "tt:v1:{default|checkout}:series").len(), 1);
+    assert_eq!(redis.cli(&["smembers", "tt:v1:tasks:{default}"]).trim(), "checkout");
+    app.stop().await;
+}
+
+mod generations {
+    use std::sync::Arc;
+
+    use tasktime::buckets::Retention;
+    use tasktime::domain::{EventKind, InstanceId, Labels, MICROS_PER_SEC, Outcome, TaskEvent, TaskName, Tenant};
+    use tasktime::histogram::HistogramConfig;
+    use tasktime::ingest::{Disposition, Semantics};
+    use tasktime::store::redis::RedisTimeouts;
+    use tasktime::store::{RedisStore, Store};
+
+    use crate::helpers::*;
+
+    const HOUR: i64 = 3600 * MICROS_PER_SEC;
+
+    fn store(redis: &RedisServer) -> RedisStore {
+        let sem = Semantics {
+            abandon_after: Semantics::DEFAULT_ABANDON_AFTER,
+            dedupe_horizon: Semantics::DEFAULT_DEDUPE_HORIZON,
+            retention: Retention::default(),
+            histogram: Arc::new(HistogramConfig::new(HistogramConfig::DEFAULT_HIGHEST_US, 2).expect("config")),
+        };
+        RedisStore::open(&redis.url(), RedisTimeouts::default(), Arc::new(sem)).expect("store")
+    }
+
+    fn event(id: &str, at: i64, kind: EventKind) -> TaskEvent {
+        TaskEvent {
+            tenant: Tenant::default_tenant(),
+            task: TaskName::parse("task", "checkout".into()).expect("task"),
+            instance_id: InstanceId::parse("id", id.into()).expect("id"),
+            at,
+            labels: Labels::default(),
+            kind,
+        }
+    }
+
+    fn holders(redis: &RedisServer, id: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for key in redis
+            .cli(&["--scan", "--pattern", "tt:v1:{default|checkout}:r:*"])
+            .lines()
+        {
+            let value = redis.cli(&["hget", key, id]).trim().to_owned();
+            if !value.is_empty() {
+                out.push((key.to_owned(), value));
+            }
+        }
+        out
+    }
+
+    const ACCEPTED: Disposition = Disposition::Accepted { over_range: false };
+
+    /// The service's clock moves into the next generation between a start and its
+    /// finish: the record moves with it, and a retry is still a duplicate.
+    #[tokio::test]
+    async fn a_finish_in_a_later_generation_consumes_its_start_once() {
+        let redis = RedisServer::start(RedisOptions::default());
+        let store = store(&redis);
+        let t = now() - 60 * SEC;
+        let start = event("a", t, EventKind::Start);
+        let finish = event("a", t + 10 * SEC, EventKind::Finish(Outcome::Succeeded));
+        assert_eq!(store.apply(&[start.clone()], t).await.unwrap(), vec![ACCEPTED]);
+        let before = holders(&redis, "a");
+        assert_eq!(before.len(), 1, "{before:?}");
+        // 90 minutes later: another generation (1 h each by default).
+        assert_eq!(
+            store.apply(&[finish.clone()], t + 90 * 60 * SEC).await.unwrap(),
+            vec![ACCEPTED]
+        );
+        let after = holders(&redis, "a");
+        assert_eq!(after.len(), 1, "the record moved, it was not copied: {after:?}");
+        assert_ne!(after[0].0, before[0].0, "it lives in the newer generation");
+        assert_eq!(after[0].1, "D");
+        for later in [t + 90 * 60 * SEC, t + 150 * 60 * SEC] {
+            assert_eq!(
+                store.apply(&[finish.clone(), start.clone()], later).await.unwrap(),
+                vec![Disposition::Duplicate, Disposition::Duplicate],
+                "a retry at {later} is a duplicate"
+            );
+        }
+    }
+
+    /// A replica whose clock is an hour ahead writes into the next generation; one on
+    /// time still finds the record there, and leaves it there.
+    #[tokio::test]
+    async fn replicas_whose_clocks_differ_by_a_generation_agree() {
+        let redis = RedisServer::start(RedisOptions::default());
+        let ahead = store(&redis);
+        let on_time = store(&redis);
+        let t = now() - 60 * SEC;
+        let start = event("b", t, EventKind::Start);
+        let finish = event("b", t + 3 * SEC, EventKind::Finish(Outcome::Failed));
+        assert_eq!(ahead.apply(&[start.clone()], t + HOUR).await.unwrap(), vec![ACCEPTED]);
+        let written = holders(&redis, "b");
+        assert_eq!(on_time.apply(&[finish.clone()], t).await.unwrap(), vec![ACCEPTED]);
+        let after = holders(&redis, "b");
+        assert_eq!(after.len(), 1, "{after:?}");
+        assert_eq!(after[0].0, written[0].0, "the newer generation keeps the record");
+        assert_eq!(after[0].1, "D");
+        assert_eq!(
+            on_time.apply(&[finish.clone()], t).await.unwrap(),
+            vec![Disposition::Duplicate]
+        );
+        assert_eq!(
+            ahead.apply(&[finish], t + HOUR).await.unwrap(),
+            vec![Disposition::Duplicate]
+        );
+    }
+}
