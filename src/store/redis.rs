@@ -74,10 +74,14 @@ fn store_error(e: RedisError) -> StoreError {
     }
 }
 
+/// How far replicas' clocks may disagree (NTP keeps them within milliseconds): near a
+/// generation's end a round also reads the next generation.
+const MAX_CLOCK_SKEW_S: i64 = 300;
+
 /// Instance records are kept in record hashes per generation, a fixed window of time
 /// (see `lua/commit.lua`): a hash expires `keep_s` after its window ends, so every record
 /// lives at least as long as the longest record TTL, and at most one window longer.
-/// Replicas' clocks may differ by less than one window.
+/// Replicas' clocks may differ by at most [`MAX_CLOCK_SKEW_S`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Generations {
     /// Length of one generation, s.
@@ -105,15 +109,18 @@ impl Generations {
         }
     }
 
-    /// The generations that can hold a live record at `now_s`, newest first: the one after
-    /// the current (written by a replica whose clock is ahead), the current, and each
-    /// older one whose hashes have not expired.
+    /// The generations that can hold a live record at `now_s`, newest first: in the last
+    /// [`MAX_CLOCK_SKEW_S`] of a generation the next one too (a replica whose clock is
+    /// ahead may have started writing it), the current, and each older one whose hashes
+    /// have not expired.
     fn live(&self, now_s: i64) -> Live {
         let current = now_s.div_euclid(self.length_s);
         let oldest = (now_s - self.keep_s).div_euclid(self.length_s);
+        let ahead = (current + 1) * self.length_s - now_s <= MAX_CLOCK_SKEW_S;
+        let newest = current + i64::from(ahead);
         Live {
-            gens: (oldest..=current + 1).rev().collect(),
-            current: 1,
+            gens: (oldest..=newest).rev().collect(),
+            current: usize::from(ahead),
         }
     }
 
@@ -368,12 +375,17 @@ mod tests {
     #[test]
     fn a_round_reads_every_generation_whose_hashes_have_not_expired() {
         let g = generations(7200);
-        for now in [0, 1, 3599, 3600, 3601, 1_800_000_000, 1_800_003_599] {
+        for now in [0, 1, 3299, 3300, 3599, 3600, 3601, 1_800_000_000, 1_800_003_599] {
             let live = g.live(now);
             let current = now.div_euclid(3600);
             assert_eq!(live.gens[live.current], current);
-            assert_eq!(live.gens[0], current + 1, "one generation ahead, for clock skew");
-            for generation in current - 10..=current + 1 {
+            let near_the_end = (current + 1) * 3600 - now <= MAX_CLOCK_SKEW_S;
+            assert_eq!(
+                live.gens.contains(&(current + 1)),
+                near_the_end,
+                "the next generation is read near the end of this one only (now {now})"
+            );
+            for generation in current - 10..=current {
                 let alive = g.expire_at_ms(generation) > now * 1000;
                 assert_eq!(
                     live.gens.contains(&generation),

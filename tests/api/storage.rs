@@ -146,12 +146,18 @@ mod generations {
         let t = now() - 60 * SEC;
         let start = event("a", t, EventKind::Start);
         let finish = event("a", t + 10 * SEC, EventKind::Finish(Outcome::Succeeded));
-        assert_eq!(store.apply(&[start.clone()], t).await.unwrap(), vec![ACCEPTED]);
+        assert_eq!(
+            store.apply(std::slice::from_ref(&start), t).await.unwrap(),
+            vec![ACCEPTED]
+        );
         let before = holders(&redis, "a");
         assert_eq!(before.len(), 1, "{before:?}");
         // 90 minutes later: another generation (1 h each by default).
         assert_eq!(
-            store.apply(&[finish.clone()], t + 90 * 60 * SEC).await.unwrap(),
+            store
+                .apply(std::slice::from_ref(&finish), t + 90 * 60 * SEC)
+                .await
+                .unwrap(),
             vec![ACCEPTED]
         );
         let after = holders(&redis, "a");
@@ -167,29 +173,37 @@ mod generations {
         }
     }
 
-    /// A replica whose clock is an hour ahead writes into the next generation; one on
-    /// time still finds the record there, and leaves it there.
+    /// A replica whose clock is two minutes ahead has crossed into the next generation;
+    /// one on time still finds the record there, and leaves it there.
     #[tokio::test]
-    async fn replicas_whose_clocks_differ_by_a_generation_agree() {
+    async fn replicas_whose_clocks_straddle_a_generation_boundary_agree() {
         let redis = RedisServer::start(RedisOptions::default());
         let ahead = store(&redis);
         let on_time = store(&redis);
-        let t = now() - 60 * SEC;
+        // One minute before a generation (1 h by default) ends.
+        let t = (now() / HOUR + 1) * HOUR - 60 * SEC;
+        let skew = 2 * 60 * SEC;
         let start = event("b", t, EventKind::Start);
         let finish = event("b", t + 3 * SEC, EventKind::Finish(Outcome::Failed));
-        assert_eq!(ahead.apply(&[start.clone()], t + HOUR).await.unwrap(), vec![ACCEPTED]);
+        assert_eq!(
+            ahead.apply(std::slice::from_ref(&start), t + skew).await.unwrap(),
+            vec![ACCEPTED]
+        );
         let written = holders(&redis, "b");
-        assert_eq!(on_time.apply(&[finish.clone()], t).await.unwrap(), vec![ACCEPTED]);
+        assert_eq!(
+            on_time.apply(std::slice::from_ref(&finish), t).await.unwrap(),
+            vec![ACCEPTED]
+        );
         let after = holders(&redis, "b");
         assert_eq!(after.len(), 1, "{after:?}");
         assert_eq!(after[0].0, written[0].0, "the newer generation keeps the record");
         assert_eq!(after[0].1, "D");
         assert_eq!(
-            on_time.apply(&[finish.clone()], t).await.unwrap(),
+            on_time.apply(std::slice::from_ref(&finish), t).await.unwrap(),
             vec![Disposition::Duplicate]
         );
         assert_eq!(
-            ahead.apply(&[finish], t + HOUR).await.unwrap(),
+            ahead.apply(&[finish], t + skew).await.unwrap(),
             vec![Disposition::Duplicate]
         );
     }

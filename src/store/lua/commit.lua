@@ -26,7 +26,8 @@
 --
 -- Cost matters here (it runs for every event): records are read with one HMGET per
 -- record hash and written with one HSET per record hash, however many instances; the
--- increments to one hash are one HMGET and one HSET, however many fields.
+-- increments to one hash are one HMGET and one HSET, however many fields (one HINCRBY
+-- for a single field).
 local n_gen = tonumber(ARGV[1])
 local current_gen = tonumber(ARGV[2])
 local n_hash = tonumber(ARGV[3])
@@ -136,6 +137,12 @@ for j = 1, n_hash do
   local k = tonumber(ARGV[a + 1])
   a = a + 2
   local done = 0
+  if k == 1 then
+    -- One field (small rounds): one call instead of a read and a write.
+    redis.call('HINCRBY', key, ARGV[a], ARGV[a + 1])
+    a = a + 2
+    done = 1
+  end
   while done < k do
     local m = math.min(CHUNK, k - done)
     local fields = {}
