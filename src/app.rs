@@ -31,6 +31,9 @@ pub const READINESS_SERVICES: [&str; 3] = [
 
 /// How often readiness re-checks the store.
 const READINESS_INTERVAL: Duration = Duration::from_secs(1);
+/// A readiness ping that takes longer than this counts as "store unreachable" (a paused
+/// Redis accepts connections but never answers).
+const READINESS_PING_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A bound, wired, not yet running service.
 #[derive(Debug)]
@@ -118,7 +121,8 @@ impl App {
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_service_status("", ServingStatus::Serving).await;
-        set_readiness(&health, store.ping().await.is_ok()).await;
+        let first_ping = tokio::time::timeout(READINESS_PING_TIMEOUT, store.ping()).await;
+        set_readiness(&health, matches!(first_ping, Ok(Ok(())))).await;
         let readiness = tracker.spawn(
             watch_readiness(store.clone(), health.clone(), stop_background.clone())
                 .instrument(tracing::info_span!("readiness")),
@@ -138,6 +142,7 @@ impl App {
             config.limits,
             config.max_event_age(),
             config.stream_concurrency,
+            config.commit_timeout,
             draining.clone(),
         );
         let query = QueryApi::new(store.clone(), derived.query.clone());
@@ -220,14 +225,20 @@ async fn watch_readiness(store: AnyStore, health: HealthReporter, stop: Cancella
     let mut was_ready = None;
     loop {
         let ping = tokio::select! {
-            result = store.ping() => result,
+            result = tokio::time::timeout(READINESS_PING_TIMEOUT, store.ping()) => result,
             () = stop.cancelled() => return,
         };
         let ready = match ping {
-            Ok(()) => true,
-            Err(e) => {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
                 if was_ready != Some(false) {
                     tracing::warn!(error = %e, "store unreachable: readiness is NOT_SERVING");
+                }
+                false
+            }
+            Err(_) => {
+                if was_ready != Some(false) {
+                    tracing::warn!(timeout = ?READINESS_PING_TIMEOUT, "store did not answer a ping: readiness is NOT_SERVING");
                 }
                 false
             }

@@ -19,6 +19,7 @@ use hdrhistogram::Histogram;
 use rand::{Rng as _, SeedableRng as _};
 use rand_distr::{Distribution as _, LogNormal};
 use tonic::transport::{Channel, Endpoint};
+use tonic_types::StatusExt as _;
 
 use crate::domain::{MICROS_PER_SEC, Micros, now_micros};
 use crate::grpc::convert::{micros_duration, micros_timestamp};
@@ -100,8 +101,17 @@ pub struct WorkerOutcome {
     /// Events the service rejected (a ledger run sends only valid events: must be 0).
     pub rejected: u64,
     pub retries: u64,
-    /// Failed RPCs by gRPC code name.
+    /// Failed RPCs by gRPC code name. An RPC the client itself had to cut at its deadline
+    /// (the service never answered) counts as `DeadlineExceeded`.
     pub errors: BTreeMap<String, u64>,
+    /// Of those, the ones that carried `google.rpc.RetryInfo`, by code name.
+    pub errors_with_retry_info: BTreeMap<String, u64>,
+    /// Failed RPCs by the index of the server (in [`LedgerConfig::servers`]) they went to.
+    pub failures_by_server: Vec<u64>,
+    /// RPCs that ended by their deadline rather than by the service's own answer:
+    /// `CANCELLED` (tonic's server cuts an RPC at its `grpc-timeout`), `DEADLINE_EXCEEDED`,
+    /// or no answer at all within the deadline plus [`CLIENT_DEADLINE_SLACK`].
+    pub deadline_misses: u64,
     /// The longest single RPC, successful or not.
     pub max_rpc_latency: Duration,
     /// The longest time a failing RPC took to fail.
@@ -132,14 +142,42 @@ impl LoadOutcome {
     }
     /// Failed RPCs by code, over all workers.
     pub fn errors(&self) -> BTreeMap<String, u64> {
-        let mut all = BTreeMap::new();
+        sum_maps(self.workers.iter().map(|w| &w.errors))
+    }
+    /// Failed RPCs that carried `RetryInfo`, by code, over all workers.
+    pub fn errors_with_retry_info(&self) -> BTreeMap<String, u64> {
+        sum_maps(self.workers.iter().map(|w| &w.errors_with_retry_info))
+    }
+    /// Failed RPCs by server index, over all workers.
+    pub fn failures_by_server(&self) -> Vec<u64> {
+        let n = self
+            .workers
+            .iter()
+            .map(|w| w.failures_by_server.len())
+            .max()
+            .unwrap_or(0);
+        let mut all = vec![0; n];
         for w in &self.workers {
-            for (k, v) in &w.errors {
-                *all.entry(k.clone()).or_default() += v;
+            for (total, f) in all.iter_mut().zip(&w.failures_by_server) {
+                *total += f;
             }
         }
         all
     }
+    /// RPCs that ended by their deadline instead of the service's answer, over all workers.
+    pub fn deadline_misses(&self) -> u64 {
+        self.workers.iter().map(|w| w.deadline_misses).sum()
+    }
+}
+
+fn sum_maps<'a>(maps: impl Iterator<Item = &'a BTreeMap<String, u64>>) -> BTreeMap<String, u64> {
+    let mut all = BTreeMap::new();
+    for m in maps {
+        for (k, v) in m {
+            *all.entry(k.clone()).or_default() += v;
+        }
+    }
+    all
 }
 
 /// The verdict of a ledger run.
@@ -171,6 +209,11 @@ impl std::fmt::Display for LedgerReport {
         Ok(())
     }
 }
+
+/// How long past an RPC's deadline the ledger still waits for an answer before it cuts the
+/// RPC itself (and counts a deadline miss). The slack lets a server-side cut at the
+/// deadline (tonic answers `CANCELLED`) arrive and be told apart from a service that hangs.
+pub const CLIENT_DEADLINE_SLACK: Duration = Duration::from_secs(1);
 
 /// Percentiles compared by [`verify`].
 pub const VERIFIED_PERCENTILES: [f64; 7] = [1.0, 25.0, 50.0, 90.0, 99.0, 99.9, 100.0];
@@ -284,6 +327,9 @@ async fn run_worker(worker: usize, config: &LedgerConfig, channels: Vec<Channel>
         rejected: 0,
         retries: 0,
         errors: BTreeMap::new(),
+        errors_with_retry_info: BTreeMap::new(),
+        failures_by_server: vec![0; channels.len()],
+        deadline_misses: 0,
         max_rpc_latency: Duration::ZERO,
         max_failed_rpc_latency: Duration::ZERO,
     };
@@ -347,7 +393,12 @@ async fn send_until_acked(
         req.set_timeout(config.rpc_timeout);
         let sent = Instant::now();
         out.events_sent += n;
-        let result = client.record(req).await;
+        let result = match tokio::time::timeout(config.rpc_timeout + CLIENT_DEADLINE_SLACK, client.record(req)).await {
+            Ok(result) => result,
+            Err(_) => Err(tonic::Status::deadline_exceeded(
+                "the ledger cut the RPC: no answer within its deadline",
+            )),
+        };
         let latency = sent.elapsed();
         out.max_rpc_latency = out.max_rpc_latency.max(latency);
         match result {
@@ -361,6 +412,13 @@ async fn send_until_acked(
             Err(status) => {
                 out.max_failed_rpc_latency = out.max_failed_rpc_latency.max(latency);
                 *out.errors.entry(code_name(&status)).or_default() += 1;
+                if status.get_details_retry_info().is_some() {
+                    *out.errors_with_retry_info.entry(code_name(&status)).or_default() += 1;
+                }
+                out.failures_by_server[*server] += 1;
+                if matches!(status.code(), tonic::Code::Cancelled | tonic::Code::DeadlineExceeded) {
+                    out.deadline_misses += 1;
+                }
                 if Instant::now() >= give_up {
                     return false;
                 }

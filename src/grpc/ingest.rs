@@ -1,7 +1,13 @@
 //! `tasktime.v1.IngestService`: validates events, hands them to the group committer and
 //! answers only after the commit that holds them returned.
+//!
+//! Every RPC answers by itself before the client's deadline (`grpc-timeout`): it waits for
+//! its commit at most `commit_timeout`, and never past the deadline less a margin. When
+//! the wait runs out it answers UNAVAILABLE with RetryInfo; the commit may still land, and
+//! a retry then reports those events as duplicates (the delivery contract).
 
 use std::pin::Pin;
+use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesOrdered, StreamExt as _};
 use tokio::sync::mpsc;
@@ -12,7 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::domain::{Limits, Micros, now_micros};
 use crate::grpc::convert::{self, EventContext};
 use crate::grpc::status::{self, Violation};
-use crate::ingest::{Disposition, IngestHandle};
+use crate::ingest::{Disposition, IngestError, IngestHandle};
 use crate::pb;
 use crate::pb::ingest_service_server::IngestService;
 
@@ -23,8 +29,39 @@ pub struct IngestApi {
     limits: Limits,
     max_age: Micros,
     stream_concurrency: usize,
+    /// The longest an RPC waits for its commit (shortened by the client's deadline).
+    commit_timeout: Duration,
     /// Cancelled when the service starts draining: streams stop reading new requests.
     draining: CancellationToken,
+}
+
+/// How long before the client's deadline an RPC gives up waiting and answers: a tenth of
+/// the deadline, within these bounds. The answer still has to travel, and the deadline
+/// started counting before the request was decoded.
+const DEADLINE_MARGIN_MIN: Duration = Duration::from_millis(20);
+const DEADLINE_MARGIN_MAX: Duration = Duration::from_millis(500);
+
+/// The client's deadline from the `grpc-timeout` header (`<digits><unit>`, gRPC over HTTP/2
+/// spec), as an instant measured from `received`. `None` when absent or malformed (tonic's
+/// server ignores a malformed header the same way).
+fn client_deadline(metadata: &tonic::metadata::MetadataMap, received: Instant) -> Option<Instant> {
+    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
+    if text.len() < 2 || text.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = text.split_at(text.len() - 1);
+    let value: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(value.checked_mul(3600)?),
+        "M" => Duration::from_secs(value.checked_mul(60)?),
+        "S" => Duration::from_secs(value),
+        "m" => Duration::from_millis(value),
+        "u" => Duration::from_micros(value),
+        "n" => Duration::from_nanos(value),
+        _ => return None,
+    };
+    let margin = (timeout / 10).clamp(DEADLINE_MARGIN_MIN, DEADLINE_MARGIN_MAX);
+    received.checked_add(timeout.saturating_sub(margin))
 }
 
 impl IngestApi {
@@ -34,6 +71,7 @@ impl IngestApi {
         limits: Limits,
         max_age: Micros,
         stream_concurrency: usize,
+        commit_timeout: Duration,
         draining: CancellationToken,
     ) -> Self {
         IngestApi {
@@ -41,12 +79,19 @@ impl IngestApi {
             limits,
             max_age,
             stream_concurrency,
+            commit_timeout,
             draining,
         }
     }
 
-    /// Validates, commits and tallies one request.
-    async fn process(&self, request: pb::RecordRequest) -> Result<pb::RecordResponse, Status> {
+    /// Validates, commits and tallies one request, answering by `answer_by` (the client's
+    /// deadline less a margin) at the latest.
+    async fn process(
+        &self,
+        request: pb::RecordRequest,
+        answer_by: Option<Instant>,
+    ) -> Result<pb::RecordResponse, Status> {
+        let started = Instant::now();
         let n = request.events.len();
         if n > self.limits.max_events_per_request {
             return Err(status::invalid_argument(vec![Violation {
@@ -77,7 +122,15 @@ impl IngestApi {
                 }),
             }
         }
-        let dispositions = self.handle.submit(valid).await.map_err(|e| status::from_ingest(&e))?;
+        let wait = answer_by.map_or(self.commit_timeout, |by| {
+            by.saturating_duration_since(started).min(self.commit_timeout)
+        });
+        // Dropping the submit future leaves the batch queued: it may still be committed
+        // (a retry is then a duplicate), or the committer skips it as abandoned.
+        let dispositions = tokio::time::timeout(wait, self.handle.submit(valid))
+            .await
+            .map_err(|_| status::from_ingest(&IngestError::Timeout(wait)))?
+            .map_err(|e| status::from_ingest(&e))?;
         let mut response = pb::RecordResponse::default();
         for (d, i) in dispositions.into_iter().zip(valid_index) {
             match d {
@@ -108,7 +161,8 @@ type ResponseStream = Pin<Box<dyn futures::Stream<Item = Result<pb::RecordRespon
 impl IngestService for IngestApi {
     #[tracing::instrument(skip_all, fields(events = request.get_ref().events.len()))]
     async fn record(&self, request: Request<pb::RecordRequest>) -> Result<Response<pb::RecordResponse>, Status> {
-        self.process(request.into_inner()).await.map(Response::new)
+        let answer_by = client_deadline(request.metadata(), Instant::now());
+        self.process(request.into_inner(), answer_by).await.map(Response::new)
     }
 
     type RecordStreamStream = ResponseStream;
@@ -120,6 +174,8 @@ impl IngestService for IngestApi {
         &self,
         request: Request<Streaming<pb::RecordRequest>>,
     ) -> Result<Response<Self::RecordStreamStream>, Status> {
+        // A stream's deadline covers the whole stream; no request waits past it.
+        let answer_by = client_deadline(request.metadata(), Instant::now());
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(self.stream_concurrency);
         let this = self.clone();
@@ -148,7 +204,7 @@ impl IngestService for IngestApi {
                         match message {
                             Ok(Some(req)) => {
                                 let api = this.clone();
-                                pending.push_back(async move { api.process(req).await });
+                                pending.push_back(async move { api.process(req, answer_by).await });
                             }
                             Ok(None) => reading = false,
                             Err(status) => {
@@ -166,5 +222,37 @@ impl IngestService for IngestApi {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as ResponseStream))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deadline_of(header: &str) -> Option<Duration> {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        metadata.insert("grpc-timeout", header.parse().expect("ascii"));
+        let now = Instant::now();
+        client_deadline(&metadata, now).map(|at| at - now)
+    }
+
+    #[test]
+    fn the_answer_is_due_a_tenth_of_the_deadline_before_it() {
+        assert_eq!(deadline_of("2000000u"), Some(Duration::from_millis(1800)));
+        assert_eq!(deadline_of("2S"), Some(Duration::from_millis(1800)));
+        assert_eq!(deadline_of("1M"), Some(Duration::from_millis(59_500)), "margin capped");
+        assert_eq!(deadline_of("100m"), Some(Duration::from_millis(80)), "margin floored");
+        assert_eq!(deadline_of("5m"), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_malformed_or_missing_timeout_is_no_deadline() {
+        for bad in ["", "S", "10", "10x", "123456789S", "-1S"] {
+            assert_eq!(deadline_of(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            client_deadline(&tonic::metadata::MetadataMap::new(), Instant::now()),
+            None
+        );
     }
 }

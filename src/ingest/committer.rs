@@ -170,7 +170,13 @@ impl<S: Store> Committer<S> {
                             Err(_) => break,
                         }
                     }
-                    in_flight.push(round(self.store.clone(), self.commit_timeout, jobs));
+                    // A batch whose RPC already answered (it gave up waiting at its
+                    // deadline) is not committed: nobody waits for it, and the client
+                    // retries it. Its queue permits return at once.
+                    jobs.retain(|job| !job.reply.is_closed());
+                    if !jobs.is_empty() {
+                        in_flight.push(round(self.store.clone(), self.commit_timeout, jobs));
+                    }
                 }
             }
         }

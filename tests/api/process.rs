@@ -543,3 +543,88 @@ async fn a_service_started_before_redis_becomes_ready_when_redis_comes_up() {
     .await
     .expect("test finished in time");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_redis_going_away_and_coming_back_while_liveness_stays_serving() {
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let mut redis = RedisServer::start(RedisOptions {
+            aof: true,
+            ..Default::default()
+        });
+        let url = redis.url();
+        let service = serve(&["--redis-url", &url, "--redis-connect-timeout", "500ms"]).await;
+        let mut health = HealthClient::new(connect(service.addr).await);
+        await_health(&mut health, INGEST, ServingStatus::Serving, Duration::from_secs(5)).await;
+
+        // Liveness, sampled all along on its own connection: it never says anything but SERVING.
+        let stop = tokio_util::sync::CancellationToken::new();
+        let liveness = tokio::spawn({
+            let mut health = HealthClient::new(connect(service.addr).await);
+            let stop = stop.clone();
+            async move {
+                let mut samples = Vec::new();
+                while !stop.is_cancelled() {
+                    let answer = health
+                        .check(HealthCheckRequest { service: String::new() })
+                        .await
+                        .map(|r| r.into_inner().status);
+                    samples.push(answer.map_err(|e| e.code()));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                samples
+            }
+        });
+        let readiness = [INGEST, "tasktime.v1.QueryService", "tasktime.v1.GateService"];
+        let mut ingest = service.ingest().await;
+        let task = "readiness";
+        let t = now() - MINUTE;
+
+        for (round, fault) in ["SIGKILL", "SIGSTOP"].into_iter().enumerate() {
+            let went = Instant::now();
+            if fault == "SIGKILL" {
+                redis.kill();
+            } else {
+                redis.signal("STOP");
+            }
+            for name in readiness {
+                await_health(&mut health, name, ServingStatus::NotServing, Duration::from_secs(5)).await;
+            }
+            eprintln!("Redis {fault}: readiness NOT_SERVING after {:?}", went.elapsed());
+
+            let back = Instant::now();
+            if fault == "SIGKILL" {
+                redis.restart();
+            } else {
+                redis.signal("CONT");
+            }
+            for name in readiness {
+                await_health(&mut health, name, ServingStatus::Serving, Duration::from_secs(10)).await;
+            }
+            eprintln!("Redis back: readiness SERVING after {:?}", back.elapsed());
+            // Ready means ready: a Record is committed.
+            let id = format!("after-{round}");
+            let r = record(
+                &mut ingest,
+                vec![completed(task, &id, t, SEC, pb::Outcome::Succeeded, &[])],
+            )
+            .await;
+            assert_eq!(r.accepted, 1, "{r:?}");
+        }
+
+        stop.cancel();
+        let samples = liveness.await.expect("liveness sampler");
+        assert!(samples.len() > 20, "liveness was sampled throughout: {}", samples.len());
+        let not_serving: Vec<_> = samples
+            .iter()
+            .filter(|s| **s != Ok(ServingStatus::Serving as i32))
+            .collect();
+        assert!(
+            not_serving.is_empty(),
+            "liveness stayed SERVING while Redis was away: {not_serving:?} of {} samples",
+            samples.len()
+        );
+        sigkill(service).await;
+    })
+    .await
+    .expect("test finished in time");
+}
