@@ -378,6 +378,21 @@ SERIES=$(rcli hlen 'tt:v1:{default|bench-task-00}:series')
 # shellcheck disable=SC2086
 bench_step query-600 "Redis: GetTaskStats 30 days, $SERIES series" "1 conn × 1 in flight; $(fmt "$PRELOAD_MANY") preloaded" \
   "$SVC_PID" "$SVC" query600 --mode query $MANY --preload 0 --connections 1 --concurrency 1
+# The same two queries over a month of data: the preloaded instances finish at random
+# times over the last 30 days, so the query reads every day bucket of every series.
+# shellcheck disable=SC2086
+preload query-1-month --mode query $ONE --preload "$PRELOAD_ONE" --preload-span 30d
+# shellcheck disable=SC2086
+bench_step query-1-month "Redis: GetTaskStats 30 days, 1 series, data over the month" \
+  "1 conn × 1 in flight; $(fmt "$PRELOAD_ONE") preloaded over 30 days" \
+  "$SVC_PID" "$SVC" query1 --mode query $ONE --preload 0 --connections 1 --concurrency 1
+# shellcheck disable=SC2086
+preload query-600-month --mode query $MANY --preload "$PRELOAD_MANY" --preload-span 30d
+SERIES=$(rcli hlen 'tt:v1:{default|bench-task-00}:series')
+# shellcheck disable=SC2086
+bench_step query-600-month "Redis: GetTaskStats 30 days, $SERIES series, data over the month" \
+  "1 conn × 1 in flight; $(fmt "$PRELOAD_MANY") preloaded over 30 days" \
+  "$SVC_PID" "$SVC" query600 --mode query $MANY --preload 0 --connections 1 --concurrency 1
 preload gate --mode gate --preload "$PRELOAD_GATE"
 bench_step gate "Redis: EvaluateGate r0 vs r1, p90" "4 conn × 8 in flight; $(fmt "$PRELOAD_GATE") preloaded" \
   "$SVC_PID" "$SVC" "" --mode gate --preload 0

@@ -71,6 +71,9 @@ pub struct BenchConfig {
     pub zipf: f64,
     /// Instances preloaded before query and gate runs.
     pub preload: usize,
+    /// Preloaded instances finish at random times over this long before now (zero: all
+    /// just now), so a 30-day query can read a month of real buckets.
+    pub preload_span: Duration,
     pub seed: u64,
 }
 
@@ -90,6 +93,7 @@ impl Default for BenchConfig {
             platforms: 3,
             zipf: 1.0,
             preload: 20_000,
+            preload_span: Duration::ZERO,
             seed: 1,
         }
     }
@@ -385,14 +389,29 @@ async fn preload(config: &BenchConfig, run: u64) -> anyhow::Result<()> {
         usize::MAX,
         run,
     );
+    let span = i64::try_from(config.preload_span.as_micros()).unwrap_or(i64::MAX);
+    let mut rng = StdRng::seed_from_u64(config.seed ^ 0x5eed);
     let mut left = config.preload;
     while left > 0 {
         let n = left.min(5_000);
-        client
-            .record(pb::RecordRequest {
-                events: generator.batch(n),
-            })
-            .await?;
+        let mut events = generator.batch(n);
+        if span > 0 {
+            for e in &mut events {
+                if let Some(at) = e.at {
+                    let back = rng.random_range(0..span);
+                    e.at = Some(micros_timestamp(
+                        at.seconds * MICROS_PER_SEC + i64::from(at.nanos / 1000) - back,
+                    ));
+                }
+            }
+        }
+        let response = client.record(pb::RecordRequest { events }).await?.into_inner();
+        anyhow::ensure!(
+            response.rejected.is_empty(),
+            "preload: {} events rejected, the first: {}",
+            response.rejected.len(),
+            response.rejected[0].reason
+        );
         left -= n;
     }
     Ok(())

@@ -51,6 +51,10 @@ pub struct BenchArgs {
     /// Instances preloaded before query and gate runs.
     #[arg(long, default_value_t = 20_000)]
     pub preload: usize,
+    /// Preloaded instances finish at random times over this long before now (e.g.
+    /// `30d`); 0 = all just now.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub preload_span: std::time::Duration,
     /// Random seed of the workload.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -78,6 +82,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         platforms: args.platforms,
         zipf: args.zipf,
         preload: args.preload,
+        preload_span: args.preload_span,
         seed: args.seed,
     };
     let summary = bench::run(&config).await?;
