@@ -71,13 +71,19 @@ pub async fn read_merged<S: Store>(
     ranges: &[TimeRange],
     now: Micros,
 ) -> Result<Vec<Merged>, StoreError> {
-    let series: Vec<SeriesId> = store
-        .series(&selector.tenant, &selector.task)
-        .await?
-        .into_iter()
-        .filter(|(_, labels)| selector.filter.matches(labels))
-        .map(|(id, _)| id)
-        .collect();
+    // With no label filter every series counts: each bucket's task total holds them all.
+    let unfiltered = selector.filter.is_empty();
+    let series: Vec<SeriesId> = if unfiltered {
+        Vec::new()
+    } else {
+        store
+            .series(&selector.tenant, &selector.task)
+            .await?
+            .into_iter()
+            .filter(|(_, labels)| selector.filter.matches(labels))
+            .map(|(id, _)| id)
+            .collect()
+    };
     let prefix = keys::task_prefix(&selector.tenant, &selector.task);
     let namespace = settings.histogram.namespace();
     let now_secs = now.div_euclid(MICROS_PER_SEC);
@@ -116,6 +122,11 @@ pub async fn read_merged<S: Store>(
     for c in &covers {
         let mut per_bucket = Vec::with_capacity(c.buckets.len());
         for bucket in &c.buckets {
+            if unfiltered {
+                hash_keys.push(keys::task_total(&prefix, &namespace, *bucket));
+                per_bucket.push(1);
+                continue;
+            }
             let in_bucket = active.as_ref().and_then(|a| a.get(bucket));
             let mut n = 0;
             for (s, hex) in series.iter().zip(&series_hex) {
@@ -288,7 +299,7 @@ mod tests {
             self.inner.series(tenant, task).await
         }
         async fn read_hashes(&self, keys: Vec<String>) -> Result<Vec<FieldMap>, StoreError> {
-            let buckets = keys.iter().filter(|k| k.contains(":b:")).count();
+            let buckets = keys.iter().filter(|k| k.contains(":b:") || k.contains(":t:")).count();
             self.bucket_reads
                 .fetch_add(buckets, std::sync::atomic::Ordering::Relaxed);
             self.inner.read_hashes(keys).await
@@ -302,7 +313,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_query_reads_only_the_bucket_hashes_of_series_with_data() {
+    async fn a_query_reads_task_totals_or_only_the_bucket_hashes_of_series_with_data() {
         use crate::domain::{EventKind, InstanceId, LabelFilter, Labels, TaskEvent, TaskName, Tenant};
         use crate::ingest::plan::Semantics;
 
@@ -326,7 +337,16 @@ mod tests {
                 task: task.clone(),
                 instance_id: InstanceId::parse("id", format!("i{i}")).unwrap(),
                 at: now - i64::from(i) * 60 * MICROS_PER_SEC,
-                labels: Labels::parse("labels", [("release".to_owned(), format!("r{i}"))], 16, 128).unwrap(),
+                labels: Labels::parse(
+                    "labels",
+                    [
+                        ("release".to_owned(), format!("r{i}")),
+                        ("platform".to_owned(), "web".to_owned()),
+                    ],
+                    16,
+                    128,
+                )
+                .unwrap(),
                 kind: EventKind::Completed {
                     duration: 2 * MICROS_PER_SEC,
                     outcome: Outcome::Succeeded,
@@ -362,15 +382,19 @@ mod tests {
         )
         .buckets
         .len();
-        let reads = store.bucket_reads.load(std::sync::atomic::Ordering::Relaxed);
-        // Each series has data in at most three buckets of the cover (its minute, hour
-        // and day, whichever the cover uses); reading every (bucket, series) would be
-        // buckets × 20.
-        assert!(
-            reads <= 3 * 20,
-            "{reads} bucket hashes read of {} possible",
-            buckets * 20
-        );
+        let reads = || store.bucket_reads.swap(0, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(reads(), buckets, "no filter: one task total per bucket");
+
+        // A filter that every series matches: the bucket hashes of those series, but only
+        // where they have data. Each has data in at most three buckets of the cover (its
+        // minute, hour and day, whichever the cover uses); reading every (bucket, series)
+        // would be buckets × 20.
+        selector.filter = LabelFilter::parse("filter", [("platform".to_owned(), "web".to_owned())]).unwrap();
+        let web = read_merged(&store, &settings, &selector, &[range], now).await.unwrap();
+        assert_eq!((web[0].n, web[0].sum_us), (all[0].n, all[0].sum_us));
+        assert_eq!(web[0].durations.len(), all[0].durations.len());
+        let read = reads();
+        assert!(read <= 3 * 20, "{read} bucket hashes read of {} possible", buckets * 20);
 
         selector.filter = LabelFilter::parse("filter", [("release".to_owned(), "r3".to_owned())]).unwrap();
         let one = read_merged(&store, &settings, &selector, &[range], now).await.unwrap();

@@ -248,12 +248,16 @@ impl<'a> Increments<'a> {
         over
     }
 
-    /// The bucket hashes' increments, and for every bucket touched one increment per
-    /// series to its active-series hash (which a query reads first, to fetch only the
-    /// series that have data in a bucket; it expires with the bucket).
+    /// The bucket hashes' increments; for every bucket touched, the same increments
+    /// summed over the series into the task's total for the bucket (what a query with no
+    /// label filter reads: one hash per bucket, however many series), and one increment
+    /// per series to the bucket's active-series hash (which a filtered query reads first,
+    /// to fetch only the series that have data in the bucket). All expire with the bucket.
     fn into_writes(self) -> Vec<HashWrite> {
         let namespace = self.sem.histogram.namespace();
-        let mut active: FxHashMap<BucketRef, (i64, Vec<(String, i64)>)> = FxHashMap::default();
+        type PerBucket<T> = FxHashMap<BucketRef, (i64, T)>;
+        let mut active: PerBucket<Vec<(String, i64)>> = FxHashMap::default();
+        let mut totals: PerBucket<FxHashMap<Field, i64>> = FxHashMap::default();
         let mut writes: Vec<HashWrite> = Vec::with_capacity(self.hashes.len() + 8);
         for (key, (expire_at_ms, fields)) in self.hashes {
             active
@@ -261,12 +265,24 @@ impl<'a> Increments<'a> {
                 .or_insert_with(|| (expire_at_ms, Vec::new()))
                 .1
                 .push((key.series.to_hex(), 1));
+            let total = &mut totals
+                .entry(key.bucket)
+                .or_insert_with(|| (expire_at_ms, FxHashMap::default()))
+                .1;
+            for (f, d) in &fields {
+                *total.entry(*f).or_default() += d;
+            }
             writes.push(HashWrite {
                 key: keys::bucket(self.prefix, &namespace, key.bucket, key.series),
                 expire_at_ms,
                 fields: fields.into_iter().map(|(f, d)| (f.name(), d)).collect(),
             });
         }
+        writes.extend(totals.into_iter().map(|(bucket, (expire_at_ms, fields))| HashWrite {
+            key: keys::task_total(self.prefix, &namespace, bucket),
+            expire_at_ms,
+            fields: fields.into_iter().map(|(f, d)| (f.name(), d)).collect(),
+        }));
         writes.extend(active.into_iter().map(|(bucket, (expire_at_ms, fields))| HashWrite {
             key: keys::active_series(self.prefix, &namespace, bucket),
             expire_at_ms,

@@ -61,6 +61,13 @@ pub fn bucket(prefix: &str, namespace: &str, bucket: BucketRef, series: SeriesId
     )
 }
 
+/// One bucket of a task summed over all its series: the same fields as [`bucket`].
+/// Written with the bucket hashes, in the same script; a query with no label filter
+/// reads it instead of one hash per series.
+pub fn task_total(prefix: &str, namespace: &str, bucket: BucketRef) -> String {
+    format!("{prefix}:{namespace}:t:{}:{}", bucket.res.code(), bucket.start)
+}
+
 /// The series with data in one bucket of a task: series id (hex) -> rounds that wrote
 /// it. Written with the bucket hashes, in the same script, with the same expiry, so a
 /// query can read only the bucket hashes that exist.
@@ -113,6 +120,7 @@ mod tests {
             series_index(&p),
             bucket(&p, "d2r1", b, SeriesId(7)),
             active_series(&p, "d2r1", b),
+            task_total(&p, "d2r1", b),
         ] {
             assert!(key.starts_with("tt:v1:{default|checkout}:"), "{key}");
         }
