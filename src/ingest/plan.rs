@@ -248,23 +248,15 @@ impl<'a> Increments<'a> {
         over
     }
 
-    /// The bucket hashes' increments; for every bucket touched, the same increments
+    /// The bucket hashes' increments and, for every bucket touched, the same increments
     /// summed over the series into the task's total for the bucket (what a query with no
-    /// label filter reads: one hash per bucket, however many series), and one increment
-    /// per series to the bucket's active-series hash (which a filtered query reads first,
-    /// to fetch only the series that have data in the bucket). All expire with the bucket.
+    /// label filter reads: one hash per bucket, however many series). Both expire with the
+    /// bucket.
     fn into_writes(self) -> Vec<HashWrite> {
         let namespace = self.sem.histogram.namespace();
-        type PerBucket<T> = FxHashMap<BucketRef, (i64, T)>;
-        let mut active: PerBucket<Vec<(String, i64)>> = FxHashMap::default();
-        let mut totals: PerBucket<FxHashMap<Field, i64>> = FxHashMap::default();
+        let mut totals: FxHashMap<BucketRef, (i64, FxHashMap<Field, i64>)> = FxHashMap::default();
         let mut writes: Vec<HashWrite> = Vec::with_capacity(self.hashes.len() + 8);
         for (key, (expire_at_ms, fields)) in self.hashes {
-            active
-                .entry(key.bucket)
-                .or_insert_with(|| (expire_at_ms, Vec::new()))
-                .1
-                .push((key.series.to_hex(), 1));
             let total = &mut totals
                 .entry(key.bucket)
                 .or_insert_with(|| (expire_at_ms, FxHashMap::default()))
@@ -282,11 +274,6 @@ impl<'a> Increments<'a> {
             key: keys::task_total(self.prefix, &namespace, bucket),
             expire_at_ms,
             fields: fields.into_iter().map(|(f, d)| (f.name(), d)).collect(),
-        }));
-        writes.extend(active.into_iter().map(|(bucket, (expire_at_ms, fields))| HashWrite {
-            key: keys::active_series(self.prefix, &namespace, bucket),
-            expire_at_ms,
-            fields,
         }));
         writes
     }

@@ -68,13 +68,6 @@ pub fn task_total(prefix: &str, namespace: &str, bucket: BucketRef) -> String {
     format!("{prefix}:{namespace}:t:{}:{}", bucket.res.code(), bucket.start)
 }
 
-/// The series with data in one bucket of a task: series id (hex) -> rounds that wrote
-/// it. Written with the bucket hashes, in the same script, with the same expiry, so a
-/// query can read only the bucket hashes that exist.
-pub fn active_series(prefix: &str, namespace: &str, bucket: BucketRef) -> String {
-    format!("{prefix}:{namespace}:a:{}:{}", bucket.res.code(), bucket.start)
-}
-
 /// The field counting finishes with this outcome (also the number of its durations).
 pub fn outcome_field(outcome: Outcome) -> &'static str {
     outcome.code()
@@ -119,7 +112,6 @@ mod tests {
             records(&p, 123),
             series_index(&p),
             bucket(&p, "d2r1", b, SeriesId(7)),
-            active_series(&p, "d2r1", b),
             task_total(&p, "d2r1", b),
         ] {
             assert!(key.starts_with("tt:v1:{default|checkout}:"), "{key}");

@@ -70,9 +70,9 @@ async fn records_and_buckets_expire_as_configured_and_nothing_lives_forever() {
     for (res, keep_s) in [("m", 2 * 86_400), ("h", 35 * 86_400), ("d", 400 * 86_400)] {
         let buckets = keys(redis, &format!("tt:v1:{{default|checkout}}:*:b:{res}:*"));
         assert!(!buckets.is_empty(), "resolution {res} has bucket hashes");
-        let active = keys(redis, &format!("tt:v1:{{default|checkout}}:*:a:{res}:*"));
-        assert_eq!(active.len(), buckets.len(), "one active-series hash per bucket here");
-        for key in buckets.iter().chain(&active) {
+        let totals = keys(redis, &format!("tt:v1:{{default|checkout}}:*:t:{res}:*"));
+        assert_eq!(totals.len(), buckets.len(), "one series, so one task total per bucket");
+        for key in buckets.iter().chain(&totals) {
             let ttl = pttl_s(redis, key);
             assert!(
                 ttl <= keep_s + 86_400 && ttl > keep_s - 86_400 - 3_600,
