@@ -55,7 +55,8 @@ pub struct LedgerConfig {
     pub mode: LedgerMode,
     /// Deadline of each RPC (sent as `grpc-timeout`).
     pub rpc_timeout: Duration,
-    /// A batch is given up (its instances left unresolved) after retrying this long.
+    /// A batch is given up (its instances left unresolved) after retrying this long;
+    /// the worker then stops, leaving the instances it has not sent unresolved too.
     pub give_up_after: Duration,
     /// First retry backoff; doubles up to 1 s, or what the server's RetryInfo says.
     pub backoff: Duration,
@@ -366,7 +367,11 @@ async fn run_worker(worker: usize, config: &LedgerConfig, channels: Vec<Channel>
                 let _ = out.histogram.record(bin);
             }
         } else {
-            out.unresolved += batch.len() as u64;
+            // Given up: the service is not coming back within `give_up_after`. Sending
+            // the rest would only wait as long again per batch (a broken build would
+            // hang the fault suite for hours); they count as unresolved, unsent.
+            out.unresolved += (batch.len() + config.instances_per_worker - next) as u64;
+            break;
         }
         if !config.pace.is_zero() {
             tokio::time::sleep(config.pace).await;
@@ -525,6 +530,38 @@ async fn retry_query(
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(status) => anyhow::bail!("GetTaskStats kept failing: {status}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_worker_that_gives_up_stops_and_leaves_the_rest_unresolved() {
+        // Nothing listens there: every RPC fails at once, retryably.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let config = LedgerConfig {
+            servers: vec![format!("http://127.0.0.1:{port}")],
+            workers: 2,
+            instances_per_worker: 500,
+            batch_instances: 10,
+            give_up_after: Duration::from_millis(300),
+            ..LedgerConfig::default()
+        };
+        let outcome = run_load(&config).await.expect("the load runs");
+        assert!(
+            outcome.elapsed < Duration::from_secs(5),
+            "gave up after one batch per worker, not one per batch: {:?}",
+            outcome.elapsed
+        );
+        for w in &outcome.workers {
+            assert_eq!(w.acked, 0);
+            assert_eq!(w.unresolved, 500, "every instance, sent or not, is unresolved");
         }
     }
 }
