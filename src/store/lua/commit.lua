@@ -130,6 +130,9 @@ for g = 1, n_gen do
 end
 
 -- Increments: read the current values of all fields of a hash at once, add, write back.
+-- A bucket hash gets its expiry when this script creates it, so one that already held
+-- any of the fields written has it already: the PEXPIREAT is skipped (it is a call per
+-- hash per round otherwise). The expiry is fixed by the bucket, so nothing is lost.
 local first_hash = n_gen
 for j = 1, n_hash do
   local key = KEYS[first_hash + j]
@@ -137,9 +140,11 @@ for j = 1, n_hash do
   local k = tonumber(ARGV[a + 1])
   a = a + 2
   local done = 0
+  local existed = false
   if k == 1 then
     -- One field (small rounds): one call instead of a read and a write.
-    redis.call('HINCRBY', key, ARGV[a], ARGV[a + 1])
+    local value = redis.call('HINCRBY', key, ARGV[a], ARGV[a + 1])
+    existed = value ~= tonumber(ARGV[a + 1])
     a = a + 2
     done = 1
   end
@@ -152,21 +157,40 @@ for j = 1, n_hash do
     local current = redis.call('HMGET', key, unpack(fields))
     local pairs = {}
     for f = 1, m do
-      local value = (tonumber(current[f]) or 0) + tonumber(ARGV[a + 2 * (f - 1) + 1])
+      local old = current[f]
+      if old then
+        existed = true
+      end
       pairs[2 * f - 1] = fields[f]
-      pairs[2 * f] = value
+      pairs[2 * f] = (tonumber(old) or 0) + tonumber(ARGV[a + 2 * (f - 1) + 1])
     end
     redis.call('HSET', key, unpack(pairs))
     a = a + 2 * m
     done = done + m
   end
-  redis.call('PEXPIREAT', key, expire_at)
+  if not existed then
+    redis.call('PEXPIREAT', key, expire_at)
+  end
 end
-if n_series > 0 then
+-- Series index: add the series it does not have yet (two calls, however many series).
+if n_series == 1 then
+  redis.call('HSETNX', KEYS[first_hash + n_hash + 1], ARGV[a], ARGV[a + 1])
+elseif n_series > 1 then
   local key = KEYS[first_hash + n_hash + 1]
-  for _ = 1, n_series do
-    redis.call('HSETNX', key, ARGV[a], ARGV[a + 1])
-    a = a + 2
+  local ids = {}
+  for i = 1, n_series do
+    ids[i] = ARGV[a + 2 * (i - 1)]
+  end
+  local known = hmget(key, ids)
+  local missing = {}
+  for i = 1, n_series do
+    if not known[i] then
+      missing[#missing + 1] = ids[i]
+      missing[#missing + 1] = ARGV[a + 2 * (i - 1) + 1]
+    end
+  end
+  if #missing > 0 then
+    call_chunked('HSET', key, missing)
   end
 end
 return changed
