@@ -22,6 +22,7 @@ crate::both_stores!(
     record_stream_answers_each_request_in_order,
     over_range_durations_are_clamped_and_counted,
     timestamps_default_to_receive_time,
+    every_task_stats_field_matches_a_hand_computed_data_set,
 );
 
 async fn a_start_and_its_finish_give_one_duration(backend: Backend) {
@@ -485,4 +486,111 @@ async fn timestamps_default_to_receive_time(backend: Backend) {
     .await;
     assert_eq!(s.count, 1);
     app.stop().await;
+}
+
+/// `actual` is within the HDR precision (2 significant digits: 1 %) of `exact`.
+fn within_precision(actual: i64, exact: i64) -> bool {
+    (actual - exact).abs() * 100 <= exact
+}
+
+async fn every_task_stats_field_matches_a_hand_computed_data_set(backend: Backend) {
+    let mut app = spawn_app(backend).await;
+    const MIN: i64 = 60 * SEC;
+    // abandon_after is 1 h: `gone`, started 3 h ago and never finished, is abandoned.
+    let old = now() - 3 * 3600 * SEC;
+    let t0 = now() - 600 * SEC;
+    // Four successes (two paired, two client-timed) with odd microseconds so sums and
+    // means are exact only if nothing rounds; one failure, one cancellation.
+    let (s1, s2, s3, s4) = (10_000_123, 20_000_456, 30_000_789, 40_001_000);
+    let (f1, c1) = (60 * SEC, 5 * SEC);
+    let r = record(
+        &mut app.ingest,
+        vec![
+            start("profile", "s1", t0, &[("release", "7")]),
+            finish("profile", "s1", t0 + s1, Succeeded),
+            start("profile", "s2", t0, &[("release", "7")]),
+            finish("profile", "s2", t0 + s2, Succeeded),
+            completed("profile", "s3", t0 + MIN, s3, Succeeded, &[("release", "7")]),
+            completed("profile", "s4", t0 + MIN, s4, Succeeded, &[("release", "7")]),
+            start("profile", "f1", t0, &[("release", "7")]),
+            finish("profile", "f1", t0 + f1, Failed),
+            start("profile", "c1", t0, &[("release", "7")]),
+            finish("profile", "c1", t0 + c1, Cancelled),
+            start("profile", "gone", old, &[("release", "7")]),
+        ],
+    )
+    .await;
+    assert_eq!((r.accepted, r.duplicates, r.rejected.len()), (11, 0, 0), "{r:?}");
+
+    let from = old - 3600 * SEC;
+    let to = now();
+    // Counts do not depend on the outcome asked for; durations do.
+    // (outcome, its durations in ascending order)
+    let cases: [(pb::Outcome, &[i64]); 3] = [(Succeeded, &[s1, s2, s3, s4]), (Failed, &[f1]), (Cancelled, &[c1])];
+    for (outcome, durations) in cases {
+        let mut req = stats_request("profile", from, to);
+        req.outcome = outcome as i32;
+        let s = stats(&mut app.query, req).await;
+        let what = format!("{backend:?} {outcome:?}: {s:?}");
+        assert_eq!(s.task, "profile", "{what}");
+        assert_eq!(s.count, durations.len() as u64, "{what}");
+        assert_eq!(s.started, 7, "every start and completed event: {what}");
+        assert_eq!(
+            (s.succeeded, s.failed, s.cancelled, s.abandoned),
+            (4, 1, 1, 1),
+            "{what}"
+        );
+        let rate = 4.0 / 7.0;
+        assert!((s.success_rate - rate).abs() < 1e-12, "4 of 7 decided: {what}");
+        let total: i64 = durations.iter().sum();
+        assert_eq!(us(&s.total_time), total, "the exact sum: {what}");
+        assert_eq!(us(&s.mean), total / durations.len() as i64, "the exact mean: {what}");
+        let (exact_min, exact_max) = (durations[0], durations[durations.len() - 1]);
+        assert!(within_precision(us(&s.min), exact_min), "min: {what}");
+        assert!(within_precision(us(&s.max), exact_max), "max: {what}");
+        // The default percentiles, in order, each the nearest-rank quantile of the data
+        // within 1 %.
+        let asked: Vec<f64> = s.percentiles.iter().map(|p| p.percentile).collect();
+        assert_eq!(asked, [50.0, 90.0, 95.0, 99.0], "{what}");
+        for p in &s.percentiles {
+            let exact = nearest_rank(durations, p.percentile);
+            assert!(
+                within_precision(us(&p.value), exact),
+                "p{} is {} µs, exact {exact} µs: {what}",
+                p.percentile,
+                us(&p.value)
+            );
+        }
+        assert_eq!(s.significant_digits, 2, "{what}");
+        assert_eq!(s.over_range, 0, "{what}");
+        assert_eq!(s.histogram, "", "only when asked: {what}");
+        // The window read: whole minutes around [from, to).
+        assert_eq!(
+            s.from.as_ref().map(|t| t.seconds * SEC),
+            Some(from.div_euclid(MIN) * MIN)
+        );
+        assert_eq!(
+            s.to.as_ref().map(|t| t.seconds * SEC),
+            Some((to + MIN - 1).div_euclid(MIN) * MIN)
+        );
+    }
+
+    // Percentiles the request names, in the order it names them.
+    let mut req = stats_request("profile", from, to);
+    req.percentiles = vec![75.0, 25.0, 100.0];
+    let s = stats(&mut app.query, req).await;
+    let got: Vec<(f64, i64)> = s.percentiles.iter().map(|p| (p.percentile, us(&p.value))).collect();
+    assert_eq!(got.len(), 3, "{got:?}");
+    for ((p, value), (want_p, exact)) in got.iter().zip([(75.0, s3), (25.0, s1), (100.0, s4)]) {
+        assert_eq!(*p, want_p, "{got:?}");
+        assert!(within_precision(*value, exact), "p{p}: {value} vs {exact}");
+    }
+    app.stop().await;
+}
+
+/// The nearest-rank `percentile` of sorted `data`: the smallest value with at least
+/// `percentile` % of the data at or below it.
+fn nearest_rank(data: &[i64], percentile: f64) -> i64 {
+    let rank = ((percentile / 100.0) * data.len() as f64).ceil().max(1.0) as usize;
+    data[rank.min(data.len()) - 1]
 }

@@ -11,6 +11,7 @@ mod bad_input;
 mod bench_smoke;
 mod cli;
 mod conformance;
+mod env_config;
 mod faults;
 mod gate;
 mod model;

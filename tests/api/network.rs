@@ -14,18 +14,33 @@ use crate::helpers::{Backend, spawn_app};
 /// Every test here is over in well under this.
 const BOUND: Duration = Duration::from_secs(30);
 
-const OUR_SERVICES: [&str; 3] = [
+const OUR_SERVICES: [&str; 4] = [
     "tasktime.v1.IngestService",
     "tasktime.v1.QueryService",
+    "tasktime.v1.GateService",
     "grpc.health.v1.Health",
 ];
 
-#[tokio::test]
-async fn health_answers_serving_for_liveness_and_every_readiness_service() {
+crate::both_stores!(health_answers_serving_for_liveness_and_every_readiness_service);
+
+/// The names a Kubernetes probe or a load balancer may ask about: liveness (`""`) and the
+/// readiness of every tasktime service, the gate included.
+const HEALTH_NAMES: [&str; 4] = [
+    "",
+    "tasktime.v1.IngestService",
+    "tasktime.v1.QueryService",
+    "tasktime.v1.GateService",
+];
+
+async fn health_answers_serving_for_liveness_and_every_readiness_service(backend: Backend) {
     tokio::time::timeout(BOUND, async {
-        let app = spawn_app(Backend::Memory).await;
+        let app = spawn_app(backend).await;
         let mut health = HealthClient::new(app.channel.clone());
-        for service in ["", "tasktime.v1.IngestService", "tasktime.v1.QueryService"] {
+        // The service's own list, so a service added there is not forgotten here.
+        for service in tasktime::app::READINESS_SERVICES {
+            assert!(HEALTH_NAMES.contains(&service), "{service} is checked here too");
+        }
+        for service in HEALTH_NAMES {
             let status = health
                 .check(HealthCheckRequest {
                     service: service.into(),
@@ -37,7 +52,7 @@ async fn health_answers_serving_for_liveness_and_every_readiness_service() {
             assert_eq!(
                 status,
                 ServingStatus::Serving as i32,
-                "Check({service:?}) should be SERVING"
+                "{backend:?}: Check({service:?}) should be SERVING"
             );
         }
         let unknown = health
