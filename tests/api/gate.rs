@@ -18,6 +18,7 @@ use crate::helpers::*;
 crate::both_stores!(
     the_same_distribution_passes,
     a_slower_candidate_fails,
+    an_absolute_allowance_fails_beyond_it_and_passes_within_it,
     a_success_rate_drop_fails,
     an_abandonment_rise_fails_once_it_is_known,
     an_arm_below_min_samples_is_inconclusive,
@@ -82,8 +83,55 @@ impl Arm<'_> {
     }
 }
 
-async fn seed(app: &mut TestApp, arms: &[Arm<'_>]) {
+/// What [`seed`] sent for one arm, to check the gate's figures against.
+struct Seeded {
+    /// Durations of the succeeded instances, µs, in the order sent.
+    succeeded: Vec<i64>,
+    /// Instances finished as failed.
+    failed: usize,
+    /// Starts that never finish.
+    abandoned: usize,
+}
+
+impl Seeded {
+    /// Every instance: what the gate counts as the arm's volume.
+    fn instances(&self) -> usize {
+        self.succeeded.len() + self.failed + self.abandoned
+    }
+
+    /// Mean duration of the succeeded instances, seconds, from the exact values sent.
+    fn mean_seconds(&self) -> f64 {
+        self.succeeded.iter().sum::<i64>() as f64 / self.succeeded.len() as f64 / 1e6
+    }
+
+    /// The percentile as an HDR histogram reads it from the raw values: the sample at
+    /// rank ⌈q·n⌉, seconds, before bin rounding.
+    fn percentile_seconds(&self, percentile: f64) -> f64 {
+        let mut sorted = self.succeeded.clone();
+        sorted.sort_unstable();
+        let n = sorted.len();
+        let rank = ((percentile / 100.0 * n as f64).ceil() as usize).clamp(1, n);
+        sorted[rank - 1] as f64 / 1e6
+    }
+}
+
+/// Relative width of an HDR bin at the default 2 significant digits: values from 128·2^k
+/// to 256·2^k share bins 2^k wide, so a reported value (its bin's highest equivalent) is at
+/// most 1/128 above the raw sample, and never below it.
+const HDR_RELATIVE_WIDTH: f64 = 1.0 / 128.0;
+
+/// Asserts that `reported` (seconds) is the raw value `raw` rounded up to its HDR bin.
+#[track_caller]
+fn assert_hdr_rounding(reported: f64, raw: f64, what: &str) {
+    assert!(
+        raw - 1e-6 <= reported && reported <= raw * (1.0 + HDR_RELATIVE_WIDTH) + 1e-6,
+        "{what}: reported {reported} s is not the raw {raw} s rounded up to its bin"
+    );
+}
+
+async fn seed(app: &mut TestApp, arms: &[Arm<'_>]) -> Vec<Seeded> {
     let now = now();
+    let mut seeded = Vec::with_capacity(arms.len());
     for arm in arms {
         let mut rng = StdRng::seed_from_u64(arm.seed);
         let dist = LogNormal::new((MEDIAN_S * 1e6).ln(), SIGMA).expect("lognormal");
@@ -109,7 +157,22 @@ async fn seed(app: &mut TestApp, arms: &[Arm<'_>]) {
             let r = record(&mut app.ingest, chunk.to_vec()).await;
             assert_eq!(r.accepted as usize, chunk.len(), "{:?}", r.rejected.first());
         }
+        let mut sent = Seeded {
+            succeeded: Vec::new(),
+            failed: 0,
+            abandoned: arm.abandoned,
+        };
+        for event in &events {
+            if let Some(pb::task_event::Kind::Completed(c)) = &event.kind {
+                match c.outcome() {
+                    pb::Outcome::Succeeded => sent.succeeded.push(us(&c.duration)),
+                    _ => sent.failed += 1,
+                }
+            }
+        }
+        seeded.push(sent);
     }
+    seeded
 }
 
 fn selector(release: &str) -> Option<pb::Selector> {
@@ -125,6 +188,15 @@ fn p(percentile: f64, ratio: Option<f64>, absolute_s: Option<i64>) -> pb::Percen
         percentile,
         max_increase_ratio: ratio,
         max_increase: absolute_s.map(|s| prost_types::Duration { seconds: s, nanos: 0 }),
+    }
+}
+
+/// A criterion with only an absolute allowance, in milliseconds.
+fn p_abs_ms(percentile: f64, ms: i64) -> pb::PercentileCriterion {
+    pb::PercentileCriterion {
+        percentile,
+        max_increase_ratio: None,
+        max_increase: Some(dur(ms * 1000)),
     }
 }
 
@@ -164,9 +236,50 @@ fn task<'a>(v: &'a pb::GateVerdict, name: &str) -> &'a pb::TaskVerdict {
         .unwrap_or_else(|| panic!("no verdict for {name}"))
 }
 
+/// Length of the candidate window the gate read (echoed in the verdict), seconds. The
+/// default window is the 24 h before now, widened to whole minutes.
+fn candidate_window_secs(v: &pb::GateVerdict) -> f64 {
+    let c = v.candidate.as_ref().expect("candidate echoed");
+    let (from, to) = (
+        c.from.as_ref().expect("candidate.from"),
+        c.to.as_ref().expect("candidate.to"),
+    );
+    let secs = (to.seconds - from.seconds) as f64 + f64::from(to.nanos - from.nanos) / 1e9;
+    assert!((86_400.0..=86_520.0).contains(&secs), "candidate window {secs} s");
+    secs
+}
+
+/// Checks the task's customer time against the values `seed` sent, by the formula of
+/// `src/gate.rs`: (candidate mean − baseline mean duration of the successes) × the
+/// candidate's instances (every outcome) per week of its window, in hours. Means come
+/// from the exact sums the store keeps, not from HDR bins, so the tolerance is float
+/// rounding only.
+#[track_caller]
+fn assert_customer_time(v: &pb::GateVerdict, task_name: &str, baseline: &Seeded, candidate: &Seeded) {
+    let t = task(v, task_name);
+    assert_eq!(
+        (t.baseline_instances, t.candidate_instances),
+        (baseline.instances() as u64, candidate.instances() as u64),
+        "{t:?}"
+    );
+    let mean_delta = candidate.mean_seconds() - baseline.mean_seconds();
+    assert!(
+        (t.mean_delta_seconds - mean_delta).abs() < 1e-6,
+        "{t:?} vs {mean_delta}"
+    );
+    let per_week = candidate.instances() as f64 / candidate_window_secs(v) * 604_800.0;
+    let hours = mean_delta * per_week / 3600.0;
+    assert!(t.has_customer_hours, "{t:?}");
+    assert!(
+        (t.customer_hours_per_week - hours).abs() <= 1e-9 * hours.abs().max(1.0),
+        "customer-hours {} vs {hours} computed from the data",
+        t.customer_hours_per_week
+    );
+}
+
 async fn the_same_distribution_passes(backend: Backend) {
     let mut app = spawn_app(backend).await;
-    seed(
+    let arms = seed(
         &mut app,
         &[
             Arm::new("checkout", "1", 4_000, 1).failed(0.02),
@@ -209,12 +322,15 @@ async fn the_same_distribution_passes(backend: Backend) {
         (pb::Verdict::Pass, 4_000, 4_000)
     );
     assert!(t.has_customer_hours && t.mean_delta_seconds.abs() < 3.0, "{t:?}");
+    // 2% failed: the volume counts them, the mean duration does not.
+    assert!(arms[1].failed > 0 && arms[1].instances() == 4_000);
+    assert_customer_time(&v, "checkout", &arms[0], &arms[1]);
     app.stop().await;
 }
 
 async fn a_slower_candidate_fails(backend: Backend) {
     let mut app = spawn_app(backend).await;
-    seed(
+    let arms = seed(
         &mut app,
         &[
             Arm::new("checkout", "1", 3_000, 3),
@@ -231,6 +347,15 @@ async fn a_slower_candidate_fails(backend: Backend) {
     assert!(p90.reason.ends_with("beyond the allowed +10%"), "{}", p90.reason);
     // p90 57 s → 85 s: each customer at p90 loses about 28 s per task.
     assert!((20.0..36.0).contains(&p90.delta_seconds_per_task), "{p90:?}");
+    // Exactly the raw percentiles of the data sent, up to HDR bin rounding (each value
+    // rounds up by at most 1/128, so their difference moves by at most that of the larger).
+    let (b90, c90) = (arms[0].percentile_seconds(90.0), arms[1].percentile_seconds(90.0));
+    assert_hdr_rounding(p90.baseline_value, b90, "baseline p90");
+    assert_hdr_rounding(p90.candidate_value, c90, "candidate p90");
+    assert!(
+        (p90.delta_seconds_per_task - (c90 - b90)).abs() <= c90.max(b90) * HDR_RELATIVE_WIDTH + 1e-6,
+        "{p90:?} vs raw {b90} s → {c90} s"
+    );
     // p99 96 s → 144 s against +30 s allowed: clearly a rise, but p99 from 3000 samples
     // is too imprecise to say it is beyond 30 s for sure. Never PASS.
     let p99 = criterion(&v, "checkout", pb::CriterionKind::PercentileAbsolute);
@@ -241,9 +366,127 @@ async fn a_slower_candidate_fails(backend: Backend) {
     assert_eq!(success.verdict(), pb::Verdict::Pass, "{}", success.reason);
     let t = task(&v, "checkout");
     assert_eq!(t.verdict(), pb::Verdict::Fail);
-    // Mean 33.9 s → 50.8 s for 3000 instances in the window, scaled to a week.
-    assert!(t.has_customer_hours && t.customer_hours_per_week > 0.0, "{t:?}");
+    // Mean 33.9 s → 50.8 s for 3000 instances in the 24 h window: 3000 × 7 a week, each
+    // about 17 s slower, is about 100 customer-hours lost per week.
     assert!((12.0..22.0).contains(&t.mean_delta_seconds), "{t:?}");
+    assert!((60.0..130.0).contains(&t.customer_hours_per_week), "{t:?}");
+    assert_customer_time(&v, "checkout", &arms[0], &arms[1]);
+    app.stop().await;
+}
+
+async fn an_absolute_allowance_fails_beyond_it_and_passes_within_it(backend: Backend) {
+    let mut app = spawn_app(backend).await;
+    let arms = seed(
+        &mut app,
+        &[
+            Arm::new("checkout", "1", 3_000, 30),
+            Arm::new("checkout", "2", 3_000, 31).scale(1.5),
+            Arm::new("checkout", "3", 3_000, 32).scale(1.2),
+        ],
+    )
+    .await;
+    let mut gate = gate_client(&app);
+    let absolute_gate = |candidate: &str, p90_ms: i64, p99_ms: i64| pb::EvaluateGateRequest {
+        percentiles: vec![p_abs_ms(90.0, p90_ms), p_abs_ms(99.0, p99_ms)],
+        max_success_drop_pp: None,
+        ..gate_request(&["checkout"], "1", candidate)
+    };
+    // Each absolute check against the data sent: values are the raw percentiles rounded
+    // up to their HDR bins, the change is their difference in seconds, the interval holds
+    // it, and the allowance comes back in seconds as sent.
+    let check = |v: &pb::GateVerdict, percentile: f64, allowance_s: f64, candidate: &Seeded| {
+        let c = v
+            .criteria
+            .iter()
+            .find(|c| c.kind() == pb::CriterionKind::PercentileAbsolute && c.percentile == percentile)
+            .unwrap_or_else(|| panic!("no absolute p{percentile} check in {v:#?}"));
+        assert_eq!(
+            (c.percentile, c.unit.as_str(), c.value_unit.as_str()),
+            (percentile, "s", "s")
+        );
+        assert_eq!(c.allowance, allowance_s, "{c:?}");
+        assert_eq!((c.baseline_samples, c.candidate_samples), (3_000, 3_000), "{c:?}");
+        let (b_raw, c_raw) = (
+            arms[0].percentile_seconds(percentile),
+            candidate.percentile_seconds(percentile),
+        );
+        assert_hdr_rounding(c.baseline_value, b_raw, "baseline");
+        assert_hdr_rounding(c.candidate_value, c_raw, "candidate");
+        assert!(c.has_change && c.has_interval, "{c:?}");
+        assert!(
+            (c.change - (c.candidate_value - c.baseline_value)).abs() < 1e-6,
+            "{c:?}"
+        );
+        assert!((c.delta_seconds_per_task - c.change).abs() < 1e-6, "{c:?}");
+        assert!(c.change_lower <= c.change && c.change <= c.change_upper, "{c:?}");
+        c.clone()
+    };
+
+    // 1.5 times slower: p90 57 s → 85 s (+28 s) against +2.5 s allowed, p99 96 s → 144 s
+    // (+48 s) against +10 s. The change's lower bound is beyond each allowance: FAIL, and
+    // the reason names the allowance in the unit it was given.
+    let v = evaluate(&mut gate, absolute_gate("2", 2_500, 10_000)).await;
+    assert_eq!(v.verdict(), pb::Verdict::Fail, "{v:#?}");
+    assert_eq!(task(&v, "checkout").verdict(), pb::Verdict::Fail);
+    assert_eq!(v.criteria.len(), 2, "{v:#?}");
+    for (percentile, allowance, allowed) in [(90.0, 2.5, "+2.5 s"), (99.0, 10.0, "+10 s")] {
+        let c = check(&v, percentile, allowance, &arms[1]);
+        assert_eq!(c.verdict(), pb::Verdict::Fail, "{}", c.reason);
+        assert!(c.change_lower > allowance, "{c:?}");
+        assert!(c.reason.starts_with(&format!("p{percentile} rose ")), "{}", c.reason);
+        assert!(c.reason.contains("one-sided 95% bounds"), "{}", c.reason);
+        assert!(
+            c.reason.ends_with(&format!("beyond the allowed {allowed}")),
+            "{}",
+            c.reason
+        );
+    }
+    let p90 = check(&v, 90.0, 2.5, &arms[1]);
+    assert!((20.0..36.0).contains(&p90.change), "{p90:?}");
+
+    // 1.2 times slower: p90 +11 s against +30 s allowed, p99 +19 s against +60 s. A rise,
+    // but the upper bound is within each allowance: PASS.
+    let v = evaluate(&mut gate, absolute_gate("3", 30_000, 60_000)).await;
+    assert_eq!(v.verdict(), pb::Verdict::Pass, "{v:#?}");
+    for (percentile, allowance, allowed) in [(90.0, 30.0, "+30 s"), (99.0, 60.0, "+60 s")] {
+        let c = check(&v, percentile, allowance, &arms[2]);
+        assert_eq!(c.verdict(), pb::Verdict::Pass, "{}", c.reason);
+        assert!(c.change > 0.0 && c.change_upper <= allowance, "{c:?}");
+        assert!(
+            c.reason.ends_with(&format!("within the allowed {allowed}")),
+            "{}",
+            c.reason
+        );
+    }
+
+    // The same data with allowances just below the rise cannot PASS: the verdict follows
+    // the allowance sent, not a default.
+    let v = evaluate(&mut gate, absolute_gate("3", 500, 1_000)).await;
+    assert_eq!(v.verdict(), pb::Verdict::Fail, "{v:#?}");
+    let p90 = check(&v, 90.0, 0.5, &arms[2]);
+    assert!(p90.reason.ends_with("beyond the allowed +500 ms"), "{}", p90.reason);
+
+    // Relative and absolute on one percentile are two checks; either failing fails the
+    // gate. p90 +20% breaks +5% while +11 s keeps within +30 s.
+    let mut request = absolute_gate("3", 30_000, 60_000);
+    request.percentiles = vec![p(90.0, Some(0.05), Some(30))];
+    let v = evaluate(&mut gate, request).await;
+    assert_eq!(v.verdict(), pb::Verdict::Fail, "{v:#?}");
+    let relative = criterion(&v, "checkout", pb::CriterionKind::PercentileRelative);
+    assert_eq!(relative.verdict(), pb::Verdict::Fail, "{}", relative.reason);
+    assert!(
+        relative.reason.starts_with("relative check: p90 rose") && relative.reason.ends_with("beyond the allowed +5%"),
+        "{}",
+        relative.reason
+    );
+    let absolute = check(&v, 90.0, 30.0, &arms[2]);
+    assert_eq!(absolute.verdict(), pb::Verdict::Pass, "{}", absolute.reason);
+    assert!(
+        absolute.reason.starts_with("absolute check: p90 rose")
+            && absolute.reason.ends_with("within the allowed +30 s"),
+        "{}",
+        absolute.reason
+    );
     app.stop().await;
 }
 
@@ -609,6 +852,14 @@ async fn the_gate_command_exits_with_its_verdict_in_every_format() {
             Arm::new("checkout", "2", 2_000, 21),
             Arm::new("checkout", "3", 2_000, 22).scale(1.5),
             Arm::new("checkout", "4", 50, 23),
+            // Old enough (2 to 3 h) for their abandonment to be known: 20 of 2020 and
+            // 300 of 2300 instances abandoned, 0.99% → 13.04%.
+            Arm::new("checkout", "5", 2_000, 24)
+                .abandoned(20)
+                .ago(2 * 3600 * SEC..3 * 3600 * SEC),
+            Arm::new("checkout", "6", 2_000, 25)
+                .abandoned(300)
+                .ago(2 * 3600 * SEC..3 * 3600 * SEC),
         ],
     )
     .await;
@@ -694,6 +945,97 @@ async fn the_gate_command_exits_with_its_verdict_in_every_format() {
     let out = gate("4", &["--format", "junit"]).await;
     let elements = check_xml(&stdout(&out));
     assert_eq!(elements.iter().filter(|e| *e == "skipped").count(), 3);
+
+    // --min-samples reaches the server: both arms have exactly 2000 samples, enough for a
+    // minimum of 2000 (PASS) and one short of 2001, where every check is INCONCLUSIVE.
+    assert_eq!(code(&gate("2", &["--min-samples", "2000"]).await), 0);
+    let out = gate("2", &["--min-samples", "2001"]).await;
+    assert_eq!(code(&out), 3, "{out:?}");
+    let text = stdout(&out);
+    assert!(text.starts_with("gate        INCONCLUSIVE"), "{text}");
+    assert!(text.contains("at least 2001 samples per arm"), "{text}");
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("checkout  ")).collect();
+    assert_eq!(rows.len(), 3, "{text}");
+    assert!(rows.iter().all(|r| r.contains("INCONCLUSIVE")), "{text}");
+    assert!(
+        text.contains("baseline has 2000 samples and candidate has 2000; at least 2001 per arm are needed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("success rate: baseline has 2000 instances and candidate has 2000; at least 2001"),
+        "{text}"
+    );
+    // Below the minimum even a 1.5 times slower candidate (exit 1 above) is INCONCLUSIVE,
+    // and --inconclusive-as maps it: each of these exits otherwise without the minimum.
+    assert_eq!(code(&gate("3", &["--min-samples", "2001"]).await), 3);
+    let out = gate("3", &["--min-samples", "2001", "--inconclusive-as", "pass"]).await;
+    assert_eq!(code(&out), 0, "{out:?}");
+    let out = gate("2", &["--min-samples", "2001", "--inconclusive-as", "fail"]).await;
+    assert_eq!(code(&out), 1, "{out:?}");
+
+    // --max-abandonment-rise on data from the last hour: abandonment is not known yet,
+    // so the check is INCONCLUSIVE (never the PASS "none abandoned so far" would suggest)
+    // and says why; the other checks still PASS.
+    let out = gate("2", &["--max-abandonment-rise", "2pp"]).await;
+    assert_eq!(code(&out), 3, "{out:?}");
+    let text = stdout(&out);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("checkout") && l.contains("abandonment rate"))
+        .unwrap_or_else(|| panic!("no abandonment row in {text}"));
+    assert!(
+        row.contains("INCONCLUSIVE") && row.contains("+2pp") && row.contains("0 / 0"),
+        "{row}"
+    );
+    assert!(
+        text.contains(
+            "abandonment rate: baseline and candidate have no data (abandonment is known only for starts at least 1h old"
+        ),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("checkout") && l.contains("PASS"))
+            .count(),
+        3,
+        "{text}"
+    );
+    // On data old enough, the rise decides: 12.05 pp is beyond +2 pp (exit 1) and within
+    // +20 pp (exit 0).
+    let abandonment = |allowed: &'static str| {
+        let server = server.clone();
+        async move {
+            let args = [
+                "--task",
+                "checkout",
+                "--baseline",
+                "release=5",
+                "--candidate",
+                "release=6",
+                "--max-abandonment-rise",
+                allowed,
+            ];
+            tasktime_gate(&server, &args).await
+        }
+    };
+    let out = abandonment("2pp").await;
+    assert_eq!(code(&out), 1, "{out:?}");
+    let text = stdout(&out);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("checkout") && l.contains("abandonment rate"))
+        .unwrap_or_else(|| panic!("no abandonment row in {text}"));
+    for cell in ["FAIL", "0.99%", "13.04%", "+12.05pp", "+2pp", "2020 / 2300"] {
+        assert!(row.contains(cell), "{cell} missing from {row}");
+    }
+    assert!(
+        text.contains("abandonment rate: abandonment rate rose 12.05 pp (0.99% → 13.04%"),
+        "{text}"
+    );
+    assert!(text.contains("beyond the allowed rise of 2 pp"), "{text}");
+    let out = abandonment("20pp").await;
+    assert_eq!(code(&out), 0, "{out:?}");
+    assert!(stdout(&out).contains("within the allowed rise of 20 pp"), "{out:?}");
 
     // Errors exit 2: a request the server refuses, usage, no server.
     let out = gate("2", &["--baseline-from", "now", "--baseline-to", "1h"]).await;
