@@ -283,4 +283,11 @@ async fn check_redis(store: &RedisStore) {
             "Redis persists only by RDB snapshots: a crash loses what was acknowledged since the last snapshot; enable AOF"
         );
     }
+    // Not a risk to data, a latency hint: each task's instance records of one generation
+    // live in one hash, which Redis frees in one go when it expires.
+    if store.config_get("lazyfree-lazy-expire").await.ok().flatten().as_deref() == Some("no") {
+        tracing::info!(
+            "Redis frees expired keys in the foreground (lazyfree-lazy-expire no): with millions of instances an hour, expiring a generation's record hash pauses Redis; set lazyfree-lazy-expire yes"
+        );
+    }
 }

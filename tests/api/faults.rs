@@ -586,7 +586,12 @@ async fn startup_warns_loudly_when_redis_can_lose_data() {
     let service = service_on(free_port(), &lossy, &[]);
     let safe = RedisServer::start(RedisOptions {
         aof: true,
-        extra: vec!["--maxmemory-policy".into(), "noeviction".into()],
+        extra: vec![
+            "--maxmemory-policy".into(),
+            "noeviction".into(),
+            "--lazyfree-lazy-expire".into(),
+            "yes".into(),
+        ],
         ..Default::default()
     });
     let quiet = service_on(free_port(), &safe, &[]);
@@ -610,4 +615,14 @@ async fn startup_warns_loudly_when_redis_can_lose_data() {
         Vec::<String>::new(),
         "no warning for AOF + noeviction"
     );
+    let lazyfree_hint = |s: &ServiceProcess| {
+        s.startup_log()
+            .iter()
+            .any(|l| l.contains("\"INFO\"") && l.contains("lazyfree-lazy-expire no"))
+    };
+    assert!(
+        lazyfree_hint(&service),
+        "Redis 7.0's default expires in the foreground: a hint"
+    );
+    assert!(!lazyfree_hint(&quiet), "no hint with lazyfree-lazy-expire yes");
 }
