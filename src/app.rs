@@ -119,6 +119,21 @@ impl App {
                 .instrument(tracing::info_span!("committer")),
         );
 
+        // The Redis store folds its journals in the background; it stops after the last
+        // commit, and folds once more as it does.
+        let stop_flusher = CancellationToken::new();
+        let flusher_done = match &store {
+            AnyStore::Redis(redis) => Some(
+                tracker.spawn(
+                    redis
+                        .clone()
+                        .run_flusher(stop_flusher.clone())
+                        .instrument(tracing::info_span!("flusher")),
+                ),
+            ),
+            _ => None,
+        };
+
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_service_status("", ServingStatus::Serving).await;
         let first_ping = tokio::time::timeout(READINESS_PING_TIMEOUT, store.ping()).await;
@@ -203,6 +218,14 @@ impl App {
         tracker.close();
         if tokio::time::timeout(grace, committer_done).await.is_err() {
             tracing::warn!("the last commit did not finish within the grace period");
+        }
+        stop_flusher.cancel();
+        if let Some(flusher) = flusher_done {
+            if tokio::time::timeout(grace, flusher).await.is_err() {
+                tracing::warn!(
+                    "the last journal fold did not finish within the grace period; the next replica to start folds it"
+                );
+            }
         }
         tracker.wait().await;
         tracing::info!("stopped");

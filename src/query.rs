@@ -118,7 +118,7 @@ pub async fn read_merged<S: Store>(
     let maps = if hash_keys.is_empty() {
         Vec::new()
     } else {
-        store.read_hashes(hash_keys).await?
+        store.read_hashes(&selector.tenant, &selector.task, hash_keys).await?
     };
     let mut maps = maps.into_iter();
     let abandon_secs = settings.abandon_after.div_euclid(MICROS_PER_SEC);
@@ -274,11 +274,16 @@ mod tests {
         ) -> Result<Vec<(SeriesId, crate::domain::Labels)>, StoreError> {
             self.inner.series(tenant, task).await
         }
-        async fn read_hashes(&self, keys: Vec<String>) -> Result<Vec<FieldMap>, StoreError> {
+        async fn read_hashes(
+            &self,
+            tenant: &crate::domain::Tenant,
+            task: &crate::domain::TaskName,
+            keys: Vec<String>,
+        ) -> Result<Vec<FieldMap>, StoreError> {
             let buckets = keys.iter().filter(|k| k.contains(":b:") || k.contains(":t:")).count();
             self.bucket_reads
                 .fetch_add(buckets, std::sync::atomic::Ordering::Relaxed);
-            self.inner.read_hashes(keys).await
+            self.inner.read_hashes(tenant, task, keys).await
         }
         async fn tasks(&self, tenant: &crate::domain::Tenant) -> Result<Vec<String>, StoreError> {
             self.inner.tasks(tenant).await

@@ -38,6 +38,16 @@ pub fn records(prefix: &str, generation: i64) -> String {
     format!("{prefix}:r:{generation}")
 }
 
+/// The task's increment journal (a list; see `store/journal.rs`).
+pub fn journal(prefix: &str) -> String {
+    format!("{prefix}:j")
+}
+
+/// The task prefix of a [`journal`] key.
+pub fn journal_prefix(key: &str) -> Option<&str> {
+    key.strip_suffix(":j")
+}
+
 /// The task's series index: series id (hex) -> labels (JSON object).
 pub fn series_index(prefix: &str) -> String {
     format!("{prefix}:series")
@@ -110,6 +120,7 @@ mod tests {
         for key in [
             instance(&p, "abc{x}"),
             records(&p, 123),
+            journal(&p),
             series_index(&p),
             bucket(&p, "d2r1", b, SeriesId(7)),
             task_total(&p, "d2r1", b),

@@ -127,7 +127,12 @@ impl Store for MemoryStore {
         parse_series(raw)
     }
 
-    async fn read_hashes(&self, keys: Vec<String>) -> Result<Vec<FieldMap>, StoreError> {
+    async fn read_hashes(
+        &self,
+        _tenant: &Tenant,
+        _task: &TaskName,
+        keys: Vec<String>,
+    ) -> Result<Vec<FieldMap>, StoreError> {
         let now_ms = crate::domain::now_micros() / 1000;
         let db = self.lock();
         Ok(keys

@@ -2,6 +2,7 @@
 //! not durable) and [`RedisStore`]. Both run the same pairing plan
 //! ([`crate::ingest::plan`]) and the same key schema ([`keys`]), so they answer alike.
 
+mod journal;
 pub mod keys;
 pub mod memory;
 pub mod null;
@@ -68,11 +69,18 @@ pub trait Store: Clone + Send + Sync + 'static {
         task: &TaskName,
     ) -> impl Future<Output = Result<Vec<(SeriesId, Labels)>, StoreError>> + Send;
 
-    /// Reads hashes (counters, histograms) by key; a missing key reads as empty.
+    /// Reads hashes (counters, histograms) of one task by key; a missing key reads as
+    /// empty. What is read includes every event of the task acknowledged before the call
+    /// (the Redis store first folds the task's journal into them).
     ///
     /// # Errors
     /// When the store is unavailable.
-    fn read_hashes(&self, keys: Vec<String>) -> impl Future<Output = Result<Vec<FieldMap>, StoreError>> + Send;
+    fn read_hashes(
+        &self,
+        tenant: &Tenant,
+        task: &TaskName,
+        keys: Vec<String>,
+    ) -> impl Future<Output = Result<Vec<FieldMap>, StoreError>> + Send;
 
     /// The tasks a tenant has recorded.
     ///
@@ -138,11 +146,16 @@ impl Store for AnyStore {
         }
     }
 
-    async fn read_hashes(&self, keys: Vec<String>) -> Result<Vec<FieldMap>, StoreError> {
+    async fn read_hashes(
+        &self,
+        tenant: &Tenant,
+        task: &TaskName,
+        keys: Vec<String>,
+    ) -> Result<Vec<FieldMap>, StoreError> {
         match self {
-            AnyStore::Memory(s) => s.read_hashes(keys).await,
-            AnyStore::Redis(s) => s.read_hashes(keys).await,
-            AnyStore::Null(s) => s.read_hashes(keys).await,
+            AnyStore::Memory(s) => s.read_hashes(tenant, task, keys).await,
+            AnyStore::Redis(s) => s.read_hashes(tenant, task, keys).await,
+            AnyStore::Null(s) => s.read_hashes(tenant, task, keys).await,
         }
     }
 

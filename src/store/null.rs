@@ -18,7 +18,12 @@ impl Store for NullStore {
         Ok(Vec::new())
     }
 
-    async fn read_hashes(&self, keys: Vec<String>) -> Result<Vec<FieldMap>, StoreError> {
+    async fn read_hashes(
+        &self,
+        _tenant: &Tenant,
+        _task: &TaskName,
+        keys: Vec<String>,
+    ) -> Result<Vec<FieldMap>, StoreError> {
         Ok(vec![FieldMap::new(); keys.len()])
     }
 

@@ -8,12 +8,17 @@
 //! Every key of a group shares one hash tag, so the same code fits Redis Cluster.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use futures::StreamExt as _;
+use tokio_util::sync::CancellationToken;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands as _, RedisError};
 
+use super::journal::{self, Sums};
 use super::{FieldMap, Store, StoreError, group_by_task, keys, parse_series};
 use crate::domain::{Labels, Micros, SeriesId, TaskEvent, TaskName, Tenant};
 use crate::ingest::plan::{self, Disposition, Plan, Semantics};
@@ -45,10 +50,29 @@ pub struct RedisStore {
     sem: Arc<Semantics>,
     script: Arc<redis::Script>,
     generations: Generations,
+    flush_script: Arc<redis::Script>,
+    /// How long a journal outlives its last fold, ms: the longest bucket retention.
+    journal_ttl_ms: i64,
+    /// Makes every journal entry's token unique: this process' random id and a counter.
+    tokens: Arc<(u64, AtomicU64)>,
+    /// Task prefixes whose journal may hold entries to fold. Short critical sections
+    /// only, never held across `.await` (as for `indexed_tasks`).
+    dirty: Arc<Mutex<HashSet<String>>>,
     /// Tasks already in the task index; saves an `SADD` per round. Short critical
     /// sections only, never held across `.await`.
     indexed_tasks: Arc<Mutex<HashSet<(Tenant, TaskName)>>>,
 }
+
+/// How often the flusher folds journals into the bucket hashes. Longer folds more rounds
+/// into one write (less Redis work per event); a query folds what is left, so it only
+/// bounds how much a query may find to fold.
+pub const FOLD_EVERY: Duration = Duration::from_millis(1000);
+/// Most journal entries folded in one script run.
+const FOLD_MAX_ENTRIES: isize = 512;
+/// Journals folded at once by the flusher.
+const FOLD_CONCURRENCY: usize = 8;
+/// How often a query retries folding when other flushers keep folding first.
+const SETTLE_ATTEMPTS: usize = 64;
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -145,13 +169,243 @@ impl RedisStore {
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| StoreError::Internal(format!("cannot set up Redis connection to `{url}`: {e}")))?;
+        let journal_ttl_ms = crate::buckets::Resolution::ALL
+            .iter()
+            .map(|res| (res.secs() + sem.retention.of(*res)) * 1000)
+            .max()
+            .unwrap_or(0);
         Ok(RedisStore {
             conn,
             generations: Generations::new(&sem),
             sem,
             script: Arc::new(redis::Script::new(include_str!("lua/commit.lua"))),
+            flush_script: Arc::new(redis::Script::new(include_str!("lua/flush.lua"))),
+            journal_ttl_ms,
+            tokens: Arc::new((rand::random(), AtomicU64::new(0))),
+            dirty: Arc::new(Mutex::new(HashSet::new())),
             indexed_tasks: Arc::new(Mutex::new(HashSet::new())),
         })
+    }
+
+    fn next_token(&self) -> String {
+        let n = self.tokens.1.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}-{n:x}", self.tokens.0)
+    }
+
+    fn lock_dirty(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.dirty.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Folds journals into the bucket hashes every [`FOLD_EVERY`] until `stop`, then
+    /// once more. Starts with the journals any replica left behind.
+    pub async fn run_flusher(self, stop: CancellationToken) {
+        match self.journals_in_redis().await {
+            Ok(found) => {
+                if !found.is_empty() {
+                    tracing::info!(journals = found.len(), "found journals to fold");
+                }
+                self.lock_dirty().extend(found);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list the journals left in Redis; folding this replica's only"),
+        }
+        let mut failing = false;
+        loop {
+            let stopping = tokio::select! {
+                () = stop.cancelled() => true,
+                () = tokio::time::sleep(FOLD_EVERY) => false,
+            };
+            // Said once when folding starts failing and once when it recovers, not on
+            // every pass (Redis at maxmemory would make it every second).
+            match self.fold_dirty().await {
+                Some((failed, error)) if !failing => {
+                    failing = true;
+                    tracing::warn!(journals = failed, %error, "cannot fold journals into the buckets; retrying every {FOLD_EVERY:?} (queries still see every event)");
+                }
+                None if failing => {
+                    failing = false;
+                    tracing::info!("folding journals again");
+                }
+                _ => {}
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    /// One pass of the flusher over the journals marked dirty; how many failed, and the
+    /// first error.
+    async fn fold_dirty(&self) -> Option<(usize, StoreError)> {
+        let prefixes: Vec<String> = std::mem::take(&mut *self.lock_dirty()).into_iter().collect();
+        let mut results = futures::stream::iter(prefixes)
+            .map(|prefix| async move {
+                let outcome = self.fold_head(&prefix).await;
+                (prefix, outcome)
+            })
+            .buffer_unordered(FOLD_CONCURRENCY);
+        let mut failed: Option<(usize, StoreError)> = None;
+        while let Some((prefix, outcome)) = results.next().await {
+            match outcome {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.lock_dirty().insert(prefix);
+                }
+                Err(e) => {
+                    tracing::debug!(task = %prefix, error = %e, "cannot fold the journal yet");
+                    self.lock_dirty().insert(prefix);
+                    failed.get_or_insert((0, e)).0 += 1;
+                }
+            }
+        }
+        failed
+    }
+
+    /// Folds the oldest entries of one journal. `Ok(true)`: the journal is folded up to
+    /// what it held when read; `Ok(false)`: more is left (a long journal, or another
+    /// flusher folded first).
+    async fn fold_head(&self, prefix: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let entries: Vec<String> = conn
+            .lrange(keys::journal(prefix), 0, FOLD_MAX_ENTRIES - 1)
+            .await
+            .map_err(store_error)?;
+        if entries.is_empty() {
+            return Ok(true);
+        }
+        let full = entries.len() == usize::try_from(FOLD_MAX_ENTRIES).unwrap_or(usize::MAX);
+        Ok(self.fold(&mut conn, prefix, &entries).await? && !full)
+    }
+
+    /// Folds `entries`, the journal's first ones as read, into the bucket hashes. `Ok(false)`
+    /// when the journal no longer starts with them (another flusher folded them).
+    async fn fold(&self, conn: &mut ConnectionManager, prefix: &str, entries: &[String]) -> Result<bool, StoreError> {
+        let Some(first) = entries.first() else {
+            return Ok(true);
+        };
+        let mut sums = Sums::default();
+        for entry in entries {
+            sums.add_entry(entry).map_err(|e| StoreError::Internal(e.to_string()))?;
+        }
+        let mut inv = self.flush_script.prepare_invoke();
+        inv.key(keys::journal(prefix))
+            .arg(entries.len())
+            .arg(journal::token(first))
+            .arg(self.journal_ttl_ms)
+            .arg(sums.hashes.len());
+        for (suffix, (expire_at_ms, fields)) in &sums.hashes {
+            inv.key(format!("{prefix}:{suffix}"));
+            inv.arg(*expire_at_ms).arg(fields.len());
+            for (field, delta) in fields {
+                inv.arg(field).arg(*delta);
+            }
+        }
+        let folded: i64 = inv.invoke_async(conn).await.map_err(store_error)?;
+        Ok(folded == 1)
+    }
+
+    /// Folds every journal entry of the task that is in Redis now (not the ones appended
+    /// while this runs), so a read that follows sees every event acknowledged before.
+    async fn settle_prefix(&self, prefix: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let journal_key = keys::journal(prefix);
+        let last: Option<String> = conn.lindex(&journal_key, -1).await.map_err(store_error)?;
+        let Some(last) = last else {
+            return Ok(());
+        };
+        let target = journal::token(&last).to_owned();
+        for _ in 0..SETTLE_ATTEMPTS {
+            let entries: Vec<String> = conn
+                .lrange(&journal_key, 0, FOLD_MAX_ENTRIES - 1)
+                .await
+                .map_err(store_error)?;
+            let at = entries.iter().position(|e| journal::token(e) == target);
+            let upto = match at {
+                Some(p) => p + 1,
+                // Not among the first entries of a short journal: already folded.
+                None if entries.len() < usize::try_from(FOLD_MAX_ENTRIES).unwrap_or(usize::MAX) => return Ok(()),
+                None => entries.len(),
+            };
+            if self.fold(&mut conn, prefix, &entries[..upto]).await? && at.is_some() {
+                return Ok(());
+            }
+        }
+        Err(StoreError::Contention)
+    }
+
+    /// Reads `keys` and the task's whole journal and adds the journal's increments to
+    /// what was read: the read when the journal cannot be folded. (Redis refuses even a
+    /// read-only `MULTI` when full, so this checks instead that no fold ran meanwhile: a
+    /// fold always removes the journal's first entry.)
+    async fn read_hashes_with_journal(&self, prefix: &str, keys: Vec<String>) -> Result<Vec<FieldMap>, StoreError> {
+        let mut conn = self.conn.clone();
+        let journal_key = keys::journal(prefix);
+        for _ in 0..SETTLE_ATTEMPTS {
+            let entries: Vec<String> = conn.lrange(&journal_key, 0, -1).await.map_err(store_error)?;
+            let mut out = self.read_hashes_now(&mut conn, &keys).await?;
+            let head: Option<String> = conn.lindex(&journal_key, 0).await.map_err(store_error)?;
+            let first = entries.first().map(|e| journal::token(e));
+            if first.is_some() && first != head.as_deref().map(journal::token) {
+                continue; // folded while we read: read again
+            }
+            let mut sums = Sums::default();
+            for entry in &entries {
+                sums.add_entry(entry).map_err(|e| StoreError::Internal(e.to_string()))?;
+            }
+            for (key, map) in keys.iter().zip(&mut out) {
+                let Some(suffix) = key.strip_prefix(prefix).and_then(|k| k.strip_prefix(':')) else {
+                    continue;
+                };
+                if let Some((_, fields)) = sums.hashes.get(suffix) {
+                    for (field, delta) in fields {
+                        *map.entry(field.clone()).or_default() += delta;
+                    }
+                }
+            }
+            return Ok(out);
+        }
+        Err(StoreError::Contention)
+    }
+
+    async fn read_hashes_now(
+        &self,
+        conn: &mut ConnectionManager,
+        keys: &[String],
+    ) -> Result<Vec<FieldMap>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        // Pipelined in chunks, so one huge query does not hold one reply buffer of everything.
+        for chunk in keys.chunks(512) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.hgetall(key);
+            }
+            let maps: Vec<FieldMap> = pipe.query_async(conn).await.map_err(store_error)?;
+            out.extend(maps);
+        }
+        Ok(out)
+    }
+
+    /// Every task journal in Redis (`SCAN`), by task prefix.
+    async fn journals_in_redis(&self) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        let pattern = keys::journal(&format!("{}:{{*}}", keys::SCHEMA));
+        let mut cursor: u64 = 0;
+        let mut out = Vec::new();
+        loop {
+            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(store_error)?;
+            out.extend(found.iter().filter_map(|k| keys::journal_prefix(k).map(str::to_owned)));
+            if next == 0 {
+                return Ok(out);
+            }
+            cursor = next;
+        }
     }
 
     /// Reads a server setting (`CONFIG GET`), for the start-up checks.
@@ -213,12 +467,20 @@ impl RedisStore {
                 // Only duplicates and rejections: nothing to write, nothing to check.
                 return Ok(plan.dispositions);
             }
+            let entry = if plan.hash_writes.is_empty() {
+                String::new()
+            } else {
+                journal::encode(&self.next_token(), prefix, &plan.hash_writes)
+            };
             let changed: Vec<i64> = self
-                .invocation(prefix, &plan, &live)
+                .invocation(prefix, &plan, &live, &entry)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(store_error)?;
             if changed.is_empty() {
+                if !entry.is_empty() {
+                    self.lock_dirty().insert(prefix.to_owned());
+                }
                 return Ok(plan.dispositions);
             }
             tracing::debug!(
@@ -262,29 +524,24 @@ impl RedisStore {
         Ok(read)
     }
 
-    fn invocation(&self, prefix: &str, plan: &Plan, live: &Live) -> redis::ScriptInvocation<'_> {
+    fn invocation(&self, prefix: &str, plan: &Plan, live: &Live, entry: &str) -> redis::ScriptInvocation<'_> {
         let mut inv = self.script.prepare_invoke();
         let n_series = plan.series_writes.len();
         let record_prefix = format!("{prefix}:i:");
         inv.arg(live.gens.len())
             .arg(live.current + 1)
-            .arg(plan.hash_writes.len())
-            .arg(n_series);
+            .arg(n_series)
+            .arg(self.journal_ttl_ms)
+            .arg(entry);
         for generation in &live.gens {
             inv.key(keys::records(prefix, *generation));
             inv.arg(self.generations.expire_at_ms(*generation));
         }
+        inv.key(keys::journal(prefix));
         inv.arg(plan.instance_writes.len());
         for w in &plan.instance_writes {
             let id = w.key.strip_prefix(&record_prefix).unwrap_or(&w.key);
             inv.arg(id).arg(w.expected.as_deref().unwrap_or("")).arg(&w.new);
-        }
-        for h in &plan.hash_writes {
-            inv.key(&h.key);
-            inv.arg(h.expire_at_ms).arg(h.fields.len());
-            for (field, delta) in &h.fields {
-                inv.arg(field).arg(*delta);
-            }
         }
         if let Some(first) = plan.series_writes.first() {
             inv.key(&first.key);
@@ -332,19 +589,24 @@ impl Store for RedisStore {
         parse_series(raw)
     }
 
-    async fn read_hashes(&self, keys: Vec<String>) -> Result<Vec<FieldMap>, StoreError> {
-        let mut conn = self.conn.clone();
-        let mut out = Vec::with_capacity(keys.len());
-        // Pipelined in chunks, so one huge query does not hold one reply buffer of everything.
-        for chunk in keys.chunks(512) {
-            let mut pipe = redis::pipe();
-            for key in chunk {
-                pipe.hgetall(key);
+    async fn read_hashes(
+        &self,
+        tenant: &Tenant,
+        task: &TaskName,
+        keys: Vec<String>,
+    ) -> Result<Vec<FieldMap>, StoreError> {
+        let prefix = keys::task_prefix(tenant, task);
+        match self.settle_prefix(&prefix).await {
+            Ok(()) => {}
+            // Redis refuses writes, so the journal cannot be folded: read it too.
+            Err(StoreError::Full(why)) => {
+                tracing::debug!(%why, "Redis is full: reading the journal alongside the buckets");
+                return self.read_hashes_with_journal(&prefix, keys).await;
             }
-            let maps: Vec<FieldMap> = pipe.query_async(&mut conn).await.map_err(store_error)?;
-            out.extend(maps);
+            Err(e) => return Err(e),
         }
-        Ok(out)
+        let mut conn = self.conn.clone();
+        self.read_hashes_now(&mut conn, &keys).await
     }
 
     async fn tasks(&self, tenant: &Tenant) -> Result<Vec<String>, StoreError> {

@@ -66,6 +66,18 @@ async fn records_and_buckets_expire_as_configured_and_nothing_lives_forever() {
         found[1]
     );
 
+    // Increments: the round appended them to the task's journal, which expires after
+    // the longest retention (400 days and a day) however long it is left unfolded.
+    let journal = "tt:v1:{default|checkout}:j";
+    if !keys(redis, journal).is_empty() {
+        let ttl = pttl_s(redis, journal);
+        assert!((400 * 86_400..=401 * 86_400).contains(&ttl), "{journal}: TTL {ttl} s");
+    }
+    // A query folds the journal into the bucket hashes before it reads them.
+    let s = stats(&mut app.query, stats_request("checkout", t0 - 60 * SEC, now())).await;
+    assert_eq!((s.started, s.count), (2, 1));
+    assert!(keys(redis, journal).is_empty(), "the query folded the whole journal");
+
     // Buckets: minute 2 days, hour 35 days, day 400 days after the bucket's end.
     for (res, keep_s) in [("m", 2 * 86_400), ("h", 35 * 86_400), ("d", 400 * 86_400)] {
         let buckets = keys(redis, &format!("tt:v1:{{default|checkout}}:*:b:{res}:*"));
@@ -206,5 +218,187 @@ mod generations {
             ahead.apply(&[finish], t + skew).await.unwrap(),
             vec![Disposition::Duplicate]
         );
+    }
+}
+
+/// The increment journal: rounds append to it, flushers and queries fold it.
+mod journal {
+    use std::sync::Arc;
+
+    use tasktime::buckets::{BucketRef, Resolution, Retention};
+    use tasktime::domain::{EventKind, InstanceId, Labels, MICROS_PER_SEC, Outcome, TaskEvent, TaskName, Tenant};
+    use tasktime::histogram::HistogramConfig;
+    use tasktime::ingest::Semantics;
+    use tasktime::store::redis::RedisTimeouts;
+    use tasktime::store::{RedisStore, Store, keys};
+    use tokio_util::sync::CancellationToken;
+
+    use crate::helpers::*;
+
+    const JOURNAL: &str = "tt:v1:{default|checkout}:j";
+
+    fn histogram() -> Arc<HistogramConfig> {
+        Arc::new(HistogramConfig::new(HistogramConfig::DEFAULT_HIGHEST_US, 2).expect("config"))
+    }
+
+    fn store(redis: &RedisServer) -> RedisStore {
+        let sem = Semantics {
+            abandon_after: Semantics::DEFAULT_ABANDON_AFTER,
+            dedupe_horizon: Semantics::DEFAULT_DEDUPE_HORIZON,
+            retention: Retention::default(),
+            histogram: histogram(),
+        };
+        RedisStore::open(&redis.url(), RedisTimeouts::default(), Arc::new(sem)).expect("store")
+    }
+
+    fn task() -> TaskName {
+        TaskName::parse("task", "checkout".into()).expect("task")
+    }
+
+    fn completed(id: &str, at: i64) -> TaskEvent {
+        TaskEvent {
+            tenant: Tenant::default_tenant(),
+            task: task(),
+            instance_id: InstanceId::parse("id", id.into()).expect("id"),
+            at,
+            labels: Labels::default(),
+            kind: EventKind::Completed {
+                duration: 1_500 * MICROS_PER_SEC / 1000,
+                outcome: Outcome::Succeeded,
+            },
+        }
+    }
+
+    /// The task's day total: (started, succeeded), read through `store` (which folds first).
+    async fn day_total(store: &RedisStore, at: i64) -> (i64, i64) {
+        let prefix = keys::task_prefix(&Tenant::default_tenant(), &task());
+        let bucket = BucketRef {
+            res: Resolution::Day,
+            start: Resolution::Day.bucket_start(at),
+        };
+        let key = keys::task_total(&prefix, &histogram().namespace(), bucket);
+        let maps = store
+            .read_hashes(&Tenant::default_tenant(), &task(), vec![key])
+            .await
+            .expect("read");
+        let get = |f: &str| maps[0].get(f).copied().unwrap_or(0);
+        (get("started"), get(keys::outcome_field(Outcome::Succeeded)))
+    }
+
+    /// Two replicas commit, retry and fold the same task's journal at the same time: every
+    /// event is counted once, and a read sees all that was acknowledged before it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_folding_the_same_journal_count_every_event_once() {
+        let redis = RedisServer::start(RedisOptions::default());
+        let (a, b) = (store(&redis), store(&redis));
+        let t = now() - 60 * SEC;
+        let batch = |who: &str, round: usize| -> Vec<TaskEvent> {
+            (0..50).map(|i| completed(&format!("{who}-{round}-{i}"), t)).collect()
+        };
+        let mut acked = 0;
+        for round in 0..30 {
+            let for_a = batch("a", round);
+            // B also retries its previous batch: duplicates, counted once.
+            let for_b = [batch("b", round), batch("b", round.saturating_sub(1))].concat();
+            let (ra, rb, _, _) = tokio::join!(
+                a.apply(&for_a, t),
+                b.apply(&for_b, t),
+                day_total(&a, t),
+                day_total(&b, t)
+            );
+            acked += ra
+                .expect("a commits")
+                .iter()
+                .filter(|d| **d != tasktime::ingest::Disposition::Duplicate)
+                .count();
+            acked += rb
+                .expect("b commits")
+                .iter()
+                .filter(|d| **d != tasktime::ingest::Disposition::Duplicate)
+                .count();
+            let seen = day_total(&b, t).await;
+            assert_eq!(seen, (acked as i64, acked as i64), "after round {round}");
+        }
+        assert_eq!(acked, 2 * 30 * 50);
+        assert_eq!(
+            redis.cli(&["exists", JOURNAL]).trim(),
+            "0",
+            "the last read folded everything"
+        );
+    }
+
+    /// A replica that stopped before folding leaves its journal behind; the next replica
+    /// to start finds it and folds it, without waiting for a write or a query.
+    #[tokio::test]
+    async fn a_journal_left_behind_is_folded_by_the_next_replica_to_start() {
+        let redis = RedisServer::start(RedisOptions::default());
+        let t = now() - 60 * SEC;
+        let gone = store(&redis);
+        let events: Vec<_> = (0..10).map(|i| completed(&format!("left-{i}"), t)).collect();
+        gone.apply(&events, t).await.expect("commit");
+        assert_eq!(redis.cli(&["llen", JOURNAL]).trim(), "1", "one round, one entry");
+        drop(gone);
+
+        let next = store(&redis);
+        let stop = CancellationToken::new();
+        stop.cancel(); // one pass: find the journals, fold them, return
+        next.run_flusher(stop).await;
+        assert_eq!(redis.cli(&["exists", JOURNAL]).trim(), "0");
+        let totals = redis.cli(&["--scan", "--pattern", "tt:v1:{default|checkout}:*:t:d:*"]);
+        let total = totals.lines().next().expect("a day total").to_owned();
+        assert_eq!(redis.cli(&["hget", &total, "started"]).trim(), "10");
+        assert_eq!(redis.cli(&["hget", &total, "s"]).trim(), "10");
+    }
+
+    /// The fold script itself: it applies a fold only while the journal still starts with
+    /// the entries the flusher read, so a stale or concurrent flusher changes nothing.
+    #[test]
+    fn a_fold_applies_only_to_the_entries_it_read() {
+        let redis = RedisServer::start(RedisOptions::default());
+        let script = include_str!("../../src/store/lua/flush.lua");
+        let hash = "tt:v1:{default|checkout}:h";
+        // Folds `n` entries starting with `token`, adding `delta` to the field x.
+        let fold = |n: &str, token: &str, delta: &str| {
+            redis
+                .cli(&[
+                    "eval",
+                    script,
+                    "2",
+                    JOURNAL,
+                    hash,
+                    n,
+                    token,
+                    "60000",
+                    "1",
+                    "99999999999999",
+                    "1",
+                    "x",
+                    delta,
+                ])
+                .trim()
+                .to_owned()
+        };
+        let x = || redis.cli(&["hget", hash, "x"]).trim().to_owned();
+        redis.cli(&["rpush", JOURNAL, "t1\nh 1 x 2", "t2\nh 1 x 3"]);
+        assert_eq!(fold("2", "t1", "5"), "1");
+        assert_eq!(x(), "5");
+        assert_eq!(redis.cli(&["exists", JOURNAL]).trim(), "0", "both entries removed");
+        assert_eq!(
+            fold("2", "t1", "5"),
+            "0",
+            "a stale flusher's second try changes nothing"
+        );
+        assert_eq!(x(), "5");
+
+        redis.cli(&["rpush", JOURNAL, "t3\nh 1 x 1", "t4\nh 1 x 1", "t5\nh 1 x 1"]);
+        assert_eq!(fold("1", "t3", "1"), "1");
+        assert_eq!(fold("2", "t3", "2"), "0", "t3 was folded by another flusher");
+        assert_eq!(fold("3", "t4", "3"), "0", "only two entries are left, not three");
+        assert_eq!(x(), "6");
+        assert_eq!(fold("2", "t4", "2"), "1");
+        assert_eq!(x(), "8");
+        assert_eq!(redis.cli(&["exists", JOURNAL]).trim(), "0");
+        let ttl: i64 = redis.cli(&["pttl", hash]).trim().parse().expect("a number");
+        assert!(ttl > 0, "a hash a fold creates expires (PTTL {ttl})");
     }
 }

@@ -13,30 +13,30 @@
 -- plan assumed; if any differs (another replica got there first, a retry of events
 -- already applied, or this very script already ran once and its reply was lost), it
 -- writes NOTHING and returns the 1-based positions of the records that differ, so the
--- caller re-reads and re-plans. Otherwise it writes the new records and adds the
--- increments, and returns an empty array.
+-- caller re-reads and re-plans. Otherwise it writes the new records and appends the
+-- increments to the journal, and returns an empty array.
 --
 -- KEYS: n_gen record hash keys, newest generation first (the current one at position
---       `current`); then n_hash hash keys; then the series index (if n_series > 0)
--- ARGV: n_gen, current, n_hash, n_series,
+--       `current`); then the task's journal; then the series index (if n_series > 0)
+-- ARGV: n_gen, current, n_series, journal TTL ms, journal entry ('' = none),
 --       per generation: expire-at ms of its record hash,
 --       k, then k (instance id, expected ('' = absent), new value),
---       per hash: expire-at ms, field count k, then k (field, delta) pairs,
 --       per series: series id, labels JSON
 --
 -- Cost matters here (it runs for every event): records are read with one HMGET per
 -- record hash and written with one HSET per record hash, however many instances; the
--- increments to one hash are one HMGET and one HSET, however many fields (one HINCRBY
--- for a single field).
+-- increments, however many, are one RPUSH.
 local n_gen = tonumber(ARGV[1])
 local current_gen = tonumber(ARGV[2])
-local n_hash = tonumber(ARGV[3])
-local n_series = tonumber(ARGV[4])
+local n_series = tonumber(ARGV[3])
+local journal_ttl = ARGV[4]
+local entry = ARGV[5]
+local journal = KEYS[n_gen + 1]
 local gen_expire = {}
 for g = 1, n_gen do
-  gen_expire[g] = ARGV[4 + g]
+  gen_expire[g] = ARGV[5 + g]
 end
-local a = 5 + n_gen
+local a = 6 + n_gen
 
 -- Lua's unpack takes a few thousand values at most: long lists go in chunks.
 local CHUNK = 2000
@@ -129,54 +129,19 @@ for g = 1, n_gen do
   end
 end
 
--- Increments: read the current values of all fields of a hash at once, add, write back.
--- A bucket hash gets its expiry when this script creates it, so one that already held
--- any of the fields written has it already: the PEXPIREAT is skipped (it is a call per
--- hash per round otherwise). The expiry is fixed by the bucket, so nothing is lost.
-local first_hash = n_gen
-for j = 1, n_hash do
-  local key = KEYS[first_hash + j]
-  local expire_at = ARGV[a]
-  local k = tonumber(ARGV[a + 1])
-  a = a + 2
-  local done = 0
-  local existed = false
-  if k == 1 then
-    -- One field (small rounds): one call instead of a read and a write.
-    local value = redis.call('HINCRBY', key, ARGV[a], ARGV[a + 1])
-    existed = value ~= tonumber(ARGV[a + 1])
-    a = a + 2
-    done = 1
-  end
-  while done < k do
-    local m = math.min(CHUNK, k - done)
-    local fields = {}
-    for f = 1, m do
-      fields[f] = ARGV[a + 2 * (f - 1)]
-    end
-    local current = redis.call('HMGET', key, unpack(fields))
-    local pairs = {}
-    for f = 1, m do
-      local old = current[f]
-      if old then
-        existed = true
-      end
-      pairs[2 * f - 1] = fields[f]
-      pairs[2 * f] = (tonumber(old) or 0) + tonumber(ARGV[a + 2 * (f - 1) + 1])
-    end
-    redis.call('HSET', key, unpack(pairs))
-    a = a + 2 * m
-    done = done + m
-  end
-  if not existed then
-    redis.call('PEXPIREAT', key, expire_at)
+-- Increments: one entry appended to the task's journal (see store/journal.rs); a
+-- flusher folds it into the bucket hashes. A new journal gets an expiry (the longest
+-- retention): one that is never folded cannot outlive the data it holds.
+if entry ~= '' then
+  if redis.call('RPUSH', journal, entry) == 1 then
+    redis.call('PEXPIRE', journal, journal_ttl)
   end
 end
 -- Series index: add the series it does not have yet (two calls, however many series).
 if n_series == 1 then
-  redis.call('HSETNX', KEYS[first_hash + n_hash + 1], ARGV[a], ARGV[a + 1])
+  redis.call('HSETNX', KEYS[n_gen + 2], ARGV[a], ARGV[a + 1])
 elseif n_series > 1 then
-  local key = KEYS[first_hash + n_hash + 1]
+  local key = KEYS[n_gen + 2]
   local ids = {}
   for i = 1, n_series do
     ids[i] = ARGV[a + 2 * (i - 1)]
