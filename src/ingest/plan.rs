@@ -19,7 +19,6 @@
 //! under the finish's time, and one finished-of-started under the start's time (which
 //! is how abandonment is computed without a sweeper).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
@@ -107,7 +106,8 @@ pub enum Disposition {
 /// One instance record to write, guarded by the value the plan read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceWrite {
-    pub key: String,
+    /// The instance id (the store names the record after it).
+    pub id: String,
     /// The value read before planning (`None` = absent); the write applies only if the
     /// record still holds it.
     pub expected: Option<String>,
@@ -141,17 +141,19 @@ pub struct Plan {
     pub series_writes: Vec<SeriesWrite>,
 }
 
-/// The distinct instance keys a batch of one task's events refers to, in first-seen order.
-pub fn instance_keys(prefix: &str, events: &[(usize, &TaskEvent)]) -> Vec<String> {
-    let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::new();
-    for (_, e) in events {
-        let key = keys::instance(prefix, e.instance_id.as_str());
-        if seen.insert(key.clone()) {
-            out.push(key);
-        }
-    }
-    out
+/// The stored records a round was planned from: instance id -> record (`None` = absent).
+pub type RecordsRead<'a> = FxHashMap<&'a str, Option<String>>;
+
+/// The distinct instance ids of the events `keep` selects (of one task's batch), in
+/// first-seen order.
+pub fn instance_ids<'a>(events: &[(usize, &'a TaskEvent)], keep: impl Fn(&TaskEvent) -> bool) -> Vec<&'a str> {
+    let mut seen = rustc_hash::FxHashSet::default();
+    events
+        .iter()
+        .filter(|(_, e)| keep(e))
+        .map(|(_, e)| e.instance_id.as_str())
+        .filter(|id| seen.insert(*id))
+        .collect()
 }
 
 /// One field of a bucket hash, before it is named.
@@ -300,27 +302,27 @@ fn fmt_time(at: Micros) -> String {
 
 /// Plans one round for one task's events (all with the same tenant and task).
 ///
-/// `read` holds the current record of every key [`instance_keys`] returned (`None` =
+/// `read` holds the current record of every id [`instance_ids`] returned (`None` =
 /// absent). Events are applied in order, each seeing the effect of the ones before.
-pub fn plan_task(
+pub fn plan_task<'a>(
     prefix: &str,
-    events: &[(usize, &TaskEvent)],
-    read: &HashMap<String, Option<String>>,
+    events: &[(usize, &'a TaskEvent)],
+    read: &RecordsRead<'_>,
     sem: &Semantics,
     now: Micros,
 ) -> Plan {
     let mut plan = Plan::default();
     let mut inc = Increments::new(sem, prefix, now);
     // Current state of each touched key, with the TTL its last change asks for.
-    let mut current: FxHashMap<String, (Option<InstanceState>, Option<Micros>)> = FxHashMap::default();
+    let mut current: FxHashMap<&'a str, (Option<InstanceState>, Option<Micros>)> = FxHashMap::default();
     let mut new_series: FxHashMap<SeriesId, String> = FxHashMap::default();
 
     for (index, event) in events {
-        let key = keys::instance(prefix, event.instance_id.as_str());
-        let entry = match current.get(&key) {
+        let key = event.instance_id.as_str();
+        let entry = match current.get(key) {
             Some(entry) => *entry,
             None => {
-                let raw = read.get(&key).cloned().flatten();
+                let raw = read.get(key).cloned().flatten();
                 match raw.as_deref().map(InstanceState::decode) {
                     None => (None, None),
                     Some(Some(state)) => (Some(state), None),
@@ -420,8 +422,8 @@ pub fn plan_task(
             continue; // unchanged
         };
         plan.instance_writes.push(InstanceWrite {
-            expected: read.get(&key).cloned().flatten(),
-            key,
+            expected: read.get(key).cloned().flatten(),
+            id: key.to_owned(),
             new: state.encode(),
             ttl_ms: ttl / 1000,
         });
@@ -446,6 +448,8 @@ fn labels_json(event: &TaskEvent) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
     use crate::domain::{InstanceId, Labels, TaskName, Tenant};
 
@@ -480,17 +484,14 @@ mod tests {
         let mut out = Vec::new();
         for round in rounds {
             let indexed: Vec<_> = round.iter().enumerate().collect();
-            let read = instance_keys(prefix, &indexed)
+            let read = instance_ids(&indexed, |_| true)
                 .into_iter()
-                .map(|k| {
-                    let v = records.get(&k).cloned();
-                    (k, v)
-                })
+                .map(|id| (id, records.get(id).cloned()))
                 .collect();
             let plan = plan_task(prefix, &indexed, &read, &sem, T0 + 10 * 3600 * MICROS_PER_SEC);
             for w in plan.instance_writes {
-                assert_eq!(records.get(&w.key), w.expected.as_ref(), "the plan read what is stored");
-                records.insert(w.key, w.new);
+                assert_eq!(records.get(&w.id), w.expected.as_ref(), "the plan read what is stored");
+                records.insert(w.id, w.new);
             }
             for h in plan.hash_writes {
                 if h.key.contains(":b:m:") {

@@ -65,20 +65,21 @@ impl MemoryStore {
         let mut db = self.lock();
         db.purge(now_ms);
         for (prefix, group) in group_by_task(events) {
-            let read: HashMap<String, Option<String>> = plan::instance_keys(&prefix, &group)
+            let read: plan::RecordsRead<'_> = plan::instance_ids(&group, |_| true)
                 .into_iter()
-                .map(|key| {
+                .map(|id| {
                     let value = db
                         .records
-                        .get(&key)
+                        .get(&keys::instance(&prefix, id))
                         .filter(|(_, exp)| *exp > now_ms)
                         .map(|(v, _)| v.clone());
-                    (key, value)
+                    (id, value)
                 })
                 .collect();
             let plan = plan::plan_task(&prefix, &group, &read, &self.sem, now);
             for w in plan.instance_writes {
-                db.records.insert(w.key, (w.new, now_ms + w.ttl_ms));
+                db.records
+                    .insert(keys::instance(&prefix, &w.id), (w.new, now_ms + w.ttl_ms));
             }
             for h in plan.hash_writes {
                 let entry = db

@@ -58,6 +58,9 @@ pub struct RedisStore {
     /// Task prefixes whose journal may hold entries to fold. Short critical sections
     /// only, never held across `.await` (as for `indexed_tasks`).
     dirty: Arc<Mutex<HashSet<String>>>,
+    /// Series already in their task's series index (task prefix, series hex); saves a
+    /// series index lookup per round.
+    indexed_series: Arc<Mutex<HashSet<(String, String)>>>,
     /// Tasks already in the task index; saves an `SADD` per round. Short critical
     /// sections only, never held across `.await`.
     indexed_tasks: Arc<Mutex<HashSet<(Tenant, TaskName)>>>,
@@ -183,6 +186,7 @@ impl RedisStore {
             journal_ttl_ms,
             tokens: Arc::new((rand::random(), AtomicU64::new(0))),
             dirty: Arc::new(Mutex::new(HashSet::new())),
+            indexed_series: Arc::new(Mutex::new(HashSet::new())),
             indexed_tasks: Arc::new(Mutex::new(HashSet::new())),
         })
     }
@@ -456,13 +460,18 @@ impl RedisStore {
         // planned; starts and completed events are planned as if their record were absent,
         // which is what the script checks. A retry, a duplicate or a pending finish makes
         // that check fail, and the next attempt reads every record.
-        let all_ids = distinct_ids(group, |_| true);
-        let finish_ids = distinct_ids(group, |e| matches!(e.kind, crate::domain::EventKind::Finish(_)));
+        let all_ids = plan::instance_ids(group, |_| true);
+        let finish_ids = plan::instance_ids(group, |e| matches!(e.kind, crate::domain::EventKind::Finish(_)));
         let mut conn = self.conn.clone();
         for attempt in 0..MAX_ATTEMPTS {
             let to_read = if attempt == 0 { &finish_ids } else { &all_ids };
             let read = self.read_records(&mut conn, prefix, to_read, &live).await?;
-            let plan = plan::plan_task(prefix, group, &read, &self.sem, now);
+            let mut plan = plan::plan_task(prefix, group, &read, &self.sem, now);
+            {
+                let indexed = self.indexed_series.lock().unwrap_or_else(|p| p.into_inner());
+                plan.series_writes
+                    .retain(|s| !indexed.contains(&(prefix.to_owned(), s.series.clone())));
+            }
             if plan.instance_writes.is_empty() && plan.hash_writes.is_empty() {
                 // Only duplicates and rejections: nothing to write, nothing to check.
                 return Ok(plan.dispositions);
@@ -481,6 +490,10 @@ impl RedisStore {
                 if !entry.is_empty() {
                     self.lock_dirty().insert(prefix.to_owned());
                 }
+                if !plan.series_writes.is_empty() {
+                    let mut indexed = self.indexed_series.lock().unwrap_or_else(|p| p.into_inner());
+                    indexed.extend(plan.series_writes.iter().map(|s| (prefix.to_owned(), s.series.clone())));
+                }
                 return Ok(plan.dispositions);
             }
             tracing::debug!(
@@ -492,34 +505,43 @@ impl RedisStore {
     }
 
     /// The current record of each instance in `ids` (its value in the newest live
-    /// generation that holds it), keyed as the planner keys them.
-    async fn read_records(
+    /// generation that holds it).
+    async fn read_records<'a>(
         &self,
         conn: &mut ConnectionManager,
         prefix: &str,
-        ids: &[&str],
+        ids: &[&'a str],
         live: &Live,
-    ) -> Result<HashMap<String, Option<String>>, StoreError> {
-        let mut read: HashMap<String, Option<String>> =
-            ids.iter().map(|id| (keys::instance(prefix, id), None)).collect();
+    ) -> Result<plan::RecordsRead<'a>, StoreError> {
+        let mut read: plan::RecordsRead<'a> = ids.iter().map(|id| (*id, None)).collect();
         if ids.is_empty() {
             return Ok(read);
         }
-        let mut pipe = redis::pipe();
-        for generation in &live.gens {
-            pipe.cmd("HMGET").arg(keys::records(prefix, *generation)).arg(ids);
-        }
-        let replies: Vec<Vec<Option<String>>> = pipe.query_async(conn).await.map_err(store_error)?;
-        // Newest generation first: the first value found is the current one.
-        for values in replies {
-            for (id, value) in ids.iter().zip(values) {
-                if let Some(v) = value {
-                    let slot = read.entry(keys::instance(prefix, id)).or_default();
-                    if slot.is_none() {
-                        *slot = Some(v);
+        // Most records are in the current generation (or the one ahead): read those first,
+        // and the older generations only for the ids not found there.
+        let (recent, older) = live.gens.split_at(live.current + 1);
+        let mut missing: Vec<&'a str> = ids.to_vec();
+        for gens in [recent, older] {
+            if missing.is_empty() || gens.is_empty() {
+                break;
+            }
+            let mut pipe = redis::pipe();
+            for generation in gens {
+                pipe.cmd("HMGET").arg(keys::records(prefix, *generation)).arg(&missing);
+            }
+            let replies: Vec<Vec<Option<String>>> = pipe.query_async(conn).await.map_err(store_error)?;
+            // Newest generation first: the first value found is the current one.
+            for values in replies {
+                for (id, value) in missing.iter().zip(values) {
+                    if let Some(v) = value {
+                        let slot = read.entry(*id).or_default();
+                        if slot.is_none() {
+                            *slot = Some(v);
+                        }
                     }
                 }
             }
+            missing.retain(|id| read.get(id).is_some_and(Option::is_none));
         }
         Ok(read)
     }
@@ -527,7 +549,6 @@ impl RedisStore {
     fn invocation(&self, prefix: &str, plan: &Plan, live: &Live, entry: &str) -> redis::ScriptInvocation<'_> {
         let mut inv = self.script.prepare_invoke();
         let n_series = plan.series_writes.len();
-        let record_prefix = format!("{prefix}:i:");
         inv.arg(live.gens.len())
             .arg(live.current + 1)
             .arg(n_series)
@@ -540,8 +561,7 @@ impl RedisStore {
         inv.key(keys::journal(prefix));
         inv.arg(plan.instance_writes.len());
         for w in &plan.instance_writes {
-            let id = w.key.strip_prefix(&record_prefix).unwrap_or(&w.key);
-            inv.arg(id).arg(w.expected.as_deref().unwrap_or("")).arg(&w.new);
+            inv.arg(&w.id).arg(w.expected.as_deref().unwrap_or("")).arg(&w.new);
         }
         if let Some(first) = plan.series_writes.first() {
             inv.key(&first.key);
@@ -551,17 +571,6 @@ impl RedisStore {
         }
         inv
     }
-}
-
-/// The distinct instance ids of the group's events that `keep` selects, in first-seen order.
-fn distinct_ids<'a>(group: &[(usize, &'a TaskEvent)], keep: impl Fn(&TaskEvent) -> bool) -> Vec<&'a str> {
-    let mut seen = HashSet::new();
-    group
-        .iter()
-        .filter(|(_, e)| keep(e))
-        .map(|(_, e)| e.instance_id.as_str())
-        .filter(|id| seen.insert(*id))
-        .collect()
 }
 
 impl Store for RedisStore {
