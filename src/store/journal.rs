@@ -118,6 +118,11 @@ impl Sums {
         Ok(())
     }
 
+    /// How many fields the sums touch, over all hashes.
+    pub(crate) fn fields(&self) -> usize {
+        self.hashes.values().map(|(_, f)| f.len()).sum()
+    }
+
     /// The sum of `field` of the hash `suffix`, if any entry touched it.
     #[cfg(test)]
     pub(crate) fn get(&self, suffix: &str, field: &str) -> Option<i64> {

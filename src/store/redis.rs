@@ -60,20 +60,73 @@ pub struct RedisStore {
     dirty: Arc<Mutex<HashSet<String>>>,
     /// Series already in their task's series index (task prefix, series hex); saves a
     /// series index lookup per round.
-    indexed_series: Arc<Mutex<HashSet<(String, String)>>>,
+    indexed_series: Arc<Mutex<Remembered<(String, String)>>>,
     /// Tasks already in the task index; saves an `SADD` per round. Short critical
     /// sections only, never held across `.await`.
-    indexed_tasks: Arc<Mutex<HashSet<(Tenant, TaskName)>>>,
+    indexed_tasks: Arc<Mutex<Remembered<(Tenant, TaskName)>>>,
+}
+
+/// What one fold of a journal's head did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Folded {
+    /// Everything the journal held when read.
+    All,
+    /// As many entries as one fold takes; more may be left.
+    More,
+    /// Nothing: another flusher folded those entries first.
+    Raced,
+}
+
+/// What was written to an index lately, forgotten every [`Remembered::FOR`]: if Redis
+/// loses its data (a flush, a restart without persistence, a failover), the indexes are
+/// written again within that time.
+#[derive(Debug)]
+struct Remembered<T> {
+    items: HashSet<T>,
+    since: std::time::Instant,
+}
+
+impl<T: std::hash::Hash + Eq> Remembered<T> {
+    const FOR: Duration = Duration::from_secs(60);
+
+    fn new() -> Self {
+        Remembered {
+            items: HashSet::new(),
+            since: std::time::Instant::now(),
+        }
+    }
+
+    fn contains(&mut self, item: &T) -> bool {
+        if self.since.elapsed() > Self::FOR {
+            self.items.clear();
+            self.since = std::time::Instant::now();
+        }
+        self.items.contains(item)
+    }
+
+    fn insert(&mut self, item: T) {
+        self.items.insert(item);
+    }
 }
 
 /// How often the flusher folds journals into the bucket hashes. Longer folds more rounds
 /// into one write (less Redis work per event); a query folds what is left, so it only
 /// bounds how much a query may find to fold.
 pub const FOLD_EVERY: Duration = Duration::from_millis(1000);
-/// Most journal entries folded in one script run.
+/// Most journal entries read at once.
 const FOLD_MAX_ENTRIES: isize = 512;
-/// Journals folded at once by the flusher.
-const FOLD_CONCURRENCY: usize = 8;
+/// Fields one fold script writes, at most (unless one entry alone has more): a script
+/// blocks Redis while it runs, about a microsecond per field, so folds stay short and
+/// other clients are served between them.
+const FOLD_MAX_FIELDS: usize = 1500;
+/// Journals folded at once by the flusher: few, so folds do not queue up behind each
+/// other in Redis.
+const FOLD_CONCURRENCY: usize = 2;
+/// Folds of one journal in one pass of the flusher, at most [`FOLD_MAX_ENTRIES`] each,
+/// before it goes on to the others.
+const FOLDS_PER_PASS: usize = 16;
+/// Journal entries beyond which a commit round folds before it answers.
+const FOLD_BACKLOG: i64 = 2 * FOLD_MAX_ENTRIES as i64;
 /// How often a query retries folding when other flushers keep folding first.
 const SETTLE_ATTEMPTS: usize = 64;
 
@@ -186,8 +239,8 @@ impl RedisStore {
             journal_ttl_ms,
             tokens: Arc::new((rand::random(), AtomicU64::new(0))),
             dirty: Arc::new(Mutex::new(HashSet::new())),
-            indexed_series: Arc::new(Mutex::new(HashSet::new())),
-            indexed_tasks: Arc::new(Mutex::new(HashSet::new())),
+            indexed_series: Arc::new(Mutex::new(Remembered::new())),
+            indexed_tasks: Arc::new(Mutex::new(Remembered::new())),
         })
     }
 
@@ -243,15 +296,21 @@ impl RedisStore {
         let prefixes: Vec<String> = std::mem::take(&mut *self.lock_dirty()).into_iter().collect();
         let mut results = futures::stream::iter(prefixes)
             .map(|prefix| async move {
-                let outcome = self.fold_head(&prefix).await;
+                let mut outcome = self.fold_head(&prefix).await;
+                for _ in 1..FOLDS_PER_PASS {
+                    if !matches!(outcome, Ok(Folded::More)) {
+                        break;
+                    }
+                    outcome = self.fold_head(&prefix).await;
+                }
                 (prefix, outcome)
             })
             .buffer_unordered(FOLD_CONCURRENCY);
         let mut failed: Option<(usize, StoreError)> = None;
         while let Some((prefix, outcome)) = results.next().await {
             match outcome {
-                Ok(true) => {}
-                Ok(false) => {
+                Ok(Folded::All) => {}
+                Ok(Folded::More | Folded::Raced) => {
                     self.lock_dirty().insert(prefix);
                 }
                 Err(e) => {
@@ -264,47 +323,59 @@ impl RedisStore {
         failed
     }
 
-    /// Folds the oldest entries of one journal. `Ok(true)`: the journal is folded up to
-    /// what it held when read; `Ok(false)`: more is left (a long journal, or another
-    /// flusher folded first).
-    async fn fold_head(&self, prefix: &str) -> Result<bool, StoreError> {
+    /// Folds the oldest entries of one journal (at most [`FOLD_MAX_ENTRIES`]).
+    async fn fold_head(&self, prefix: &str) -> Result<Folded, StoreError> {
         let mut conn = self.conn.clone();
         let entries: Vec<String> = conn
             .lrange(keys::journal(prefix), 0, FOLD_MAX_ENTRIES - 1)
             .await
             .map_err(store_error)?;
         if entries.is_empty() {
-            return Ok(true);
+            return Ok(Folded::All);
         }
         let full = entries.len() == usize::try_from(FOLD_MAX_ENTRIES).unwrap_or(usize::MAX);
-        Ok(self.fold(&mut conn, prefix, &entries).await? && !full)
+        Ok(match self.fold(&mut conn, prefix, &entries).await? {
+            false => Folded::Raced,
+            true if full => Folded::More,
+            true => Folded::All,
+        })
     }
 
-    /// Folds `entries`, the journal's first ones as read, into the bucket hashes. `Ok(false)`
-    /// when the journal no longer starts with them (another flusher folded them).
+    /// Folds `entries`, the journal's first ones as read, into the bucket hashes, in as
+    /// many scripts as [`FOLD_MAX_FIELDS`] asks. `Ok(false)` when the journal no longer
+    /// starts with them (another flusher folded them).
     async fn fold(&self, conn: &mut ConnectionManager, prefix: &str, entries: &[String]) -> Result<bool, StoreError> {
-        let Some(first) = entries.first() else {
-            return Ok(true);
-        };
-        let mut sums = Sums::default();
-        for entry in entries {
-            sums.add_entry(entry).map_err(|e| StoreError::Internal(e.to_string()))?;
-        }
-        let mut inv = self.flush_script.prepare_invoke();
-        inv.key(keys::journal(prefix))
-            .arg(entries.len())
-            .arg(journal::token(first))
-            .arg(self.journal_ttl_ms)
-            .arg(sums.hashes.len());
-        for (suffix, (expire_at_ms, fields)) in &sums.hashes {
-            inv.key(format!("{prefix}:{suffix}"));
-            inv.arg(*expire_at_ms).arg(fields.len());
-            for (field, delta) in fields {
-                inv.arg(field).arg(*delta);
+        let mut rest = entries;
+        while let Some(first) = rest.first() {
+            let mut sums = Sums::default();
+            let mut n = 0;
+            for entry in rest {
+                if n > 0 && sums.fields() >= FOLD_MAX_FIELDS {
+                    break;
+                }
+                sums.add_entry(entry).map_err(|e| StoreError::Internal(e.to_string()))?;
+                n += 1;
             }
+            let mut inv = self.flush_script.prepare_invoke();
+            inv.key(keys::journal(prefix))
+                .arg(n)
+                .arg(journal::token(first))
+                .arg(self.journal_ttl_ms)
+                .arg(sums.hashes.len());
+            for (suffix, (expire_at_ms, fields)) in &sums.hashes {
+                inv.key(format!("{prefix}:{suffix}"));
+                inv.arg(*expire_at_ms).arg(fields.len());
+                for (field, delta) in fields {
+                    inv.arg(field).arg(*delta);
+                }
+            }
+            let folded: i64 = inv.invoke_async(conn).await.map_err(store_error)?;
+            if folded != 1 {
+                return Ok(false);
+            }
+            rest = &rest[n..];
         }
-        let folded: i64 = inv.invoke_async(conn).await.map_err(store_error)?;
-        Ok(folded == 1)
+        Ok(true)
     }
 
     /// Folds every journal entry of the task that is in Redis now (not the ones appended
@@ -441,7 +512,7 @@ impl RedisStore {
         Ok(())
     }
 
-    fn lock_indexed(&self) -> std::sync::MutexGuard<'_, HashSet<(Tenant, TaskName)>> {
+    fn lock_indexed(&self) -> std::sync::MutexGuard<'_, Remembered<(Tenant, TaskName)>> {
         self.indexed_tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -468,7 +539,7 @@ impl RedisStore {
             let read = self.read_records(&mut conn, prefix, to_read, &live).await?;
             let mut plan = plan::plan_task(prefix, group, &read, &self.sem, now);
             {
-                let indexed = self.indexed_series.lock().unwrap_or_else(|p| p.into_inner());
+                let mut indexed = self.indexed_series.lock().unwrap_or_else(|p| p.into_inner());
                 plan.series_writes
                     .retain(|s| !indexed.contains(&(prefix.to_owned(), s.series.clone())));
             }
@@ -481,23 +552,33 @@ impl RedisStore {
             } else {
                 journal::encode(&self.next_token(), prefix, &plan.hash_writes)
             };
-            let changed: Vec<i64> = self
+            let reply: Vec<i64> = self
                 .invocation(prefix, &plan, &live, &entry)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(store_error)?;
-            if changed.is_empty() {
+            if let [0, journal_len] = reply[..] {
                 if !entry.is_empty() {
                     self.lock_dirty().insert(prefix.to_owned());
                 }
+                if journal_len > FOLD_BACKLOG {
+                    // The flusher is behind: this round helps it before it answers, which
+                    // slows ingest down to what can be folded (else the journal grows
+                    // without bound). The round is committed whatever happens here.
+                    if let Err(e) = self.fold_head(prefix).await {
+                        tracing::debug!(error = %e, "cannot help fold the journal");
+                    }
+                }
                 if !plan.series_writes.is_empty() {
                     let mut indexed = self.indexed_series.lock().unwrap_or_else(|p| p.into_inner());
-                    indexed.extend(plan.series_writes.iter().map(|s| (prefix.to_owned(), s.series.clone())));
+                    for s in &plan.series_writes {
+                        indexed.insert((prefix.to_owned(), s.series.clone()));
+                    }
                 }
                 return Ok(plan.dispositions);
             }
             tracing::debug!(
-                changed = changed.len(),
+                changed = reply.len(),
                 "instance records changed under the round; re-planning"
             );
         }

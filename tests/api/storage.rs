@@ -401,4 +401,23 @@ mod journal {
         let ttl: i64 = redis.cli(&["pttl", hash]).trim().parse().expect("a number");
         assert!(ttl > 0, "a hash a fold creates expires (PTTL {ttl})");
     }
+
+    /// With no flusher running (or one that is behind), commit rounds fold the journal
+    /// themselves once it is long: it stays bounded, and nothing is lost.
+    #[tokio::test]
+    async fn rounds_fold_a_long_journal_themselves() {
+        let redis = RedisServer::start(RedisOptions::default());
+        let store = store(&redis);
+        let t = now() - 60 * SEC;
+        let mut longest = 0;
+        for round in 0..1_200 {
+            let event = completed(&format!("r-{round}"), t);
+            store.apply(std::slice::from_ref(&event), t).await.expect("commit");
+            let len: usize = redis.cli(&["llen", JOURNAL]).trim().parse().expect("a number");
+            longest = longest.max(len);
+        }
+        assert!(longest <= 1_025, "the journal grew to {longest} entries");
+        assert!(longest > 1_000, "one round per entry until the rounds fold: {longest}");
+        assert_eq!(day_total(&store, t).await, (1_200, 1_200));
+    }
 }

@@ -14,7 +14,7 @@
 -- already applied, or this very script already ran once and its reply was lost), it
 -- writes NOTHING and returns the 1-based positions of the records that differ, so the
 -- caller re-reads and re-plans. Otherwise it writes the new records and appends the
--- increments to the journal, and returns an empty array.
+-- increments to the journal, and returns {0, the journal's length}.
 --
 -- KEYS: n_gen record hash keys, newest generation first (the current one at position
 --       `current`); then the task's journal; then the series index (if n_series > 0)
@@ -132,8 +132,10 @@ end
 -- Increments: one entry appended to the task's journal (see store/journal.rs); a
 -- flusher folds it into the bucket hashes. A new journal gets an expiry (the longest
 -- retention): one that is never folded cannot outlive the data it holds.
+local journal_len = 0
 if entry ~= '' then
-  if redis.call('RPUSH', journal, entry) == 1 then
+  journal_len = redis.call('RPUSH', journal, entry)
+  if journal_len == 1 then
     redis.call('PEXPIRE', journal, journal_ttl)
   end
 end
@@ -158,4 +160,4 @@ elseif n_series > 1 then
     call_chunked('HSET', key, missing)
   end
 end
-return changed
+return { 0, journal_len }
