@@ -331,8 +331,20 @@ bench_step unary-open "Redis: unary, open loop" "10,000 calls/s, 8 conn, ≤ 64 
 # Minute buckets the ingest steps above wrote: one hash per (task, series, minute),
 # `...:<ns>:b:m:<start>:<series>`, holding the counters and, per outcome, the count
 # (`s`, `f`, `c`), the exact sum (`sum:s`...) and the HDR bins (`s:<bin>`...).
+# The service folds each task's increment journal (`...:j`) into the bucket hashes about
+# once a second; memory is measured once every journal is folded (at most 15 s).
+wait_folded() {
+  local i
+  for i in $(seq 150); do
+    [[ -z $(rcli --scan --pattern '*:j' | head -1) ]] && return 0
+    sleep 0.1
+  done
+  log "journals still not folded after 15 s: $(rcli --scan --pattern '*:j' | wc -l) left"
+}
+
 series_minute() {
   local keys=$TMPD/minute-keys
+  wait_folded
   rcli --scan --pattern '*:b:m:*' >"$keys"
   awk '{print "MEMORY USAGE " $0}' "$keys" | rcli >"$keys.bytes"
   awk '{print "HGETALL " $0}' "$keys" | rcli >"$keys.fields"
@@ -422,6 +434,7 @@ open_instances() {
   local accepted
   accepted=$(awk '/^sent/ {s += $4} END {print s + 0}' "$f")
   [[ $accepted == "$OPEN_N" ]] || die "open instances: $accepted of $OPEN_N accepted ($(cat "$f"))"
+  wait_folded
   m1=$(used_memory)
   # The instance records alone, without the counters and series index the starts also
   # wrote: the record hashes' MEMORY USAGE (every field counted) ÷ their fields.
