@@ -58,9 +58,6 @@ pub struct RedisStore {
     /// Task prefixes whose journal may hold entries to fold. Short critical sections
     /// only, never held across `.await` (as for `indexed_tasks`).
     dirty: Arc<Mutex<HashSet<String>>>,
-    /// Series already in their task's series index (task prefix, series hex); saves a
-    /// series index lookup per round.
-    indexed_series: Arc<Mutex<Remembered<(String, String)>>>,
     /// Tasks already in the task index; saves an `SADD` per round. Short critical
     /// sections only, never held across `.await`.
     indexed_tasks: Arc<Mutex<Remembered<(Tenant, TaskName)>>>,
@@ -78,8 +75,9 @@ enum Folded {
 }
 
 /// What was written to an index lately, forgotten every [`Remembered::FOR`]: if Redis
-/// loses its data (a flush, a restart without persistence, a failover), the indexes are
-/// written again within that time.
+/// loses its data (a flush, a restart without persistence, a failover), the index is
+/// written again within that time. (The series index is not cached: a filtered query
+/// would miss a series until then; the commit script checks it, cheaply.)
 #[derive(Debug)]
 struct Remembered<T> {
     items: HashSet<T>,
@@ -239,7 +237,6 @@ impl RedisStore {
             journal_ttl_ms,
             tokens: Arc::new((rand::random(), AtomicU64::new(0))),
             dirty: Arc::new(Mutex::new(HashSet::new())),
-            indexed_series: Arc::new(Mutex::new(Remembered::new())),
             indexed_tasks: Arc::new(Mutex::new(Remembered::new())),
         })
     }
@@ -537,12 +534,7 @@ impl RedisStore {
         for attempt in 0..MAX_ATTEMPTS {
             let to_read = if attempt == 0 { &finish_ids } else { &all_ids };
             let read = self.read_records(&mut conn, prefix, to_read, &live).await?;
-            let mut plan = plan::plan_task(prefix, group, &read, &self.sem, now);
-            {
-                let mut indexed = self.indexed_series.lock().unwrap_or_else(|p| p.into_inner());
-                plan.series_writes
-                    .retain(|s| !indexed.contains(&(prefix.to_owned(), s.series.clone())));
-            }
+            let plan = plan::plan_task(prefix, group, &read, &self.sem, now);
             if plan.instance_writes.is_empty() && plan.hash_writes.is_empty() {
                 // Only duplicates and rejections: nothing to write, nothing to check.
                 return Ok(plan.dispositions);
@@ -567,12 +559,6 @@ impl RedisStore {
                     // without bound). The round is committed whatever happens here.
                     if let Err(e) = self.fold_head(prefix).await {
                         tracing::debug!(error = %e, "cannot help fold the journal");
-                    }
-                }
-                if !plan.series_writes.is_empty() {
-                    let mut indexed = self.indexed_series.lock().unwrap_or_else(|p| p.into_inner());
-                    for s in &plan.series_writes {
-                        indexed.insert((prefix.to_owned(), s.series.clone()));
                     }
                 }
                 return Ok(plan.dispositions);
