@@ -58,6 +58,8 @@ pub struct RedisStore {
     /// Task prefixes whose journal may hold entries to fold. Short critical sections
     /// only, never held across `.await` (as for `indexed_tasks`).
     dirty: Arc<Mutex<HashSet<String>>>,
+    /// Task prefixes a commit round of this process is folding right now.
+    helping: Arc<Mutex<HashSet<String>>>,
     /// Tasks already in the task index; saves an `SADD` per round. Short critical
     /// sections only, never held across `.await`.
     indexed_tasks: Arc<Mutex<Remembered<(Tenant, TaskName)>>>,
@@ -123,8 +125,9 @@ const FOLD_CONCURRENCY: usize = 2;
 /// Folds of one journal in one pass of the flusher, at most [`FOLD_MAX_ENTRIES`] each,
 /// before it goes on to the others.
 const FOLDS_PER_PASS: usize = 16;
-/// Journal entries beyond which a commit round folds before it answers.
-const FOLD_BACKLOG: i64 = 2 * FOLD_MAX_ENTRIES as i64;
+/// Journal entries beyond which a commit round folds before it answers (one round at a
+/// time per task in this process): a safety valve for when the flusher falls behind.
+const FOLD_BACKLOG: i64 = 8 * FOLD_MAX_ENTRIES as i64;
 /// How often a query retries folding when other flushers keep folding first.
 const SETTLE_ATTEMPTS: usize = 64;
 
@@ -237,6 +240,7 @@ impl RedisStore {
             journal_ttl_ms,
             tokens: Arc::new((rand::random(), AtomicU64::new(0))),
             dirty: Arc::new(Mutex::new(HashSet::new())),
+            helping: Arc::new(Mutex::new(HashSet::new())),
             indexed_tasks: Arc::new(Mutex::new(Remembered::new())),
         })
     }
@@ -244,6 +248,10 @@ impl RedisStore {
     fn next_token(&self) -> String {
         let n = self.tokens.1.fetch_add(1, Ordering::Relaxed);
         format!("{:016x}-{n:x}", self.tokens.0)
+    }
+
+    fn lock_helping(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.helping.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_dirty(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -553,13 +561,14 @@ impl RedisStore {
                 if !entry.is_empty() {
                     self.lock_dirty().insert(prefix.to_owned());
                 }
-                if journal_len > FOLD_BACKLOG {
+                if journal_len > FOLD_BACKLOG && self.lock_helping().insert(prefix.to_owned()) {
                     // The flusher is behind: this round helps it before it answers, which
                     // slows ingest down to what can be folded (else the journal grows
                     // without bound). The round is committed whatever happens here.
                     if let Err(e) = self.fold_head(prefix).await {
                         tracing::debug!(error = %e, "cannot help fold the journal");
                     }
+                    self.lock_helping().remove(prefix);
                 }
                 return Ok(plan.dispositions);
             }

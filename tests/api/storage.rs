@@ -410,14 +410,14 @@ mod journal {
         let store = store(&redis);
         let t = now() - 60 * SEC;
         let mut longest = 0;
-        for round in 0..1_200 {
+        for round in 0..4_300 {
             let event = completed(&format!("r-{round}"), t);
             store.apply(std::slice::from_ref(&event), t).await.expect("commit");
             let len: usize = redis.cli(&["llen", JOURNAL]).trim().parse().expect("a number");
             longest = longest.max(len);
         }
-        assert!(longest <= 1_025, "the journal grew to {longest} entries");
-        assert!(longest > 1_000, "one round per entry until the rounds fold: {longest}");
-        assert_eq!(day_total(&store, t).await, (1_200, 1_200));
+        assert!(longest <= 4_097, "the journal grew to {longest} entries");
+        assert!(longest > 4_000, "one round per entry until the rounds fold: {longest}");
+        assert_eq!(day_total(&store, t).await, (4_300, 4_300));
     }
 }
