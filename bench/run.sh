@@ -99,10 +99,14 @@ trap 'exit 143' TERM
 USED_PORTS=" "
 # free_port VAR: a TCP and UDP port nobody listens on (and this run has not handed out).
 free_port() {
-  local listening p _
+  local listening p _ low
   listening=$(ss -Htuanl 2>/dev/null | awk '{print $5}' | sed 's/.*[:.]//' | tr '\n' ' ')
+  # Below the kernel's ephemeral range, so no outgoing connection takes the port between
+  # this check and the bind (the smoke run in CI once lost a port that way).
+  read -r low _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || low=32768
+  ((low > 12000)) || low=32768
   for _ in $(seq 500); do
-    p=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+    p=$((10000 + (RANDOM * 32768 + RANDOM) % (low - 10000)))
     [[ $USED_PORTS == *" $p "* || " $listening " == *" $p "* ]] && continue
     if ! command -v ss >/dev/null 2>&1 && (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
       continue
