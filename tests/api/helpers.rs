@@ -37,12 +37,26 @@ fn init_tracing() {
     });
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, for a child process to bind.
+///
+/// Drawn below the kernel's ephemeral range (32768 and up on Linux), which neither
+/// `bind` to port 0 nor outgoing connections use: a port from there could be taken by
+/// one of the many connections the tests open between this check and the child's bind.
+/// Each test process walks its own stretch of the range, checking each port is free.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind a free port on 127.0.0.1")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000; // up to 31,999
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let port = LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
+        let port = u16::try_from(port).expect("below 32768");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 between {LOW} and {}", LOW + SPAN - 1);
 }
 
 /// Which store a conformance test runs against.
