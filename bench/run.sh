@@ -153,7 +153,7 @@ num() { awk -v v="$1" 'BEGIN { if (v >= 1000) { s = sprintf("%.0f", v); n = ""; 
 # measure OUTFILE SERVICE_PID CMD...: runs CMD with stdout to OUTFILE and sets M_SVC,
 # M_REDIS (CPU ticks of the service and Redis over the run), M_CLIENT (CPU ticks of CMD
 # and its children, read by the wrapper shell after it waited for them) and M_CALLS.
-# The service folds each task's increment journal (`...:j`) into the bucket hashes about
+# The service folds each task's increment journal (`...:j`) into the buckets about
 # once a second; memory is measured once every journal is folded, and each ingest step's rate includes the time the
 # service took to fold what the step left (at most 60 s).
 FOLD_INTERVAL_S=1 # the service's fold interval (src/store/redis.rs FOLD_EVERY)
@@ -364,20 +364,18 @@ bench_step unary-open "Redis: unary, open loop" "10,000 calls/s, 8 conn, ≤ 64 
 
 # ---------------------------------------------------------------- 4. memory per series-minute
 
-# Minute buckets the ingest steps above wrote: one hash per (task, series, minute),
-# `...:<ns>:b:m:<start>:<series>`, holding the counters and, per outcome, the count
-# (`s`, `f`, `c`), the exact sum (`sum:s`...) and the HDR bins (`s:<bin>`...).
+# Minute buckets the ingest steps above wrote: one string per (task, series, minute),
+# `...:<ns>:b:m:<start>:<series>`, of `name value` lines: the counters and, per outcome,
+# the count (`s`, `f`, `c`), the exact sum (`sum:s`...) and the HDR bins (`s:<bin>`...).
 series_minute() {
   local keys=$TMPD/minute-keys
   wait_folded
   rcli --scan --pattern '*:b:m:*' >"$keys"
   awk '{print "MEMORY USAGE " $0}' "$keys" | rcli >"$keys.bytes"
-  awk '{print "HGETALL " $0}' "$keys" | rcli >"$keys.fields"
+  awk '{print "GET " $0}' "$keys" | rcli >"$keys.fields"
   # durations = s + f + c; bins = fields named <outcome>:<bin>
-  awk 'NR % 2 == 1 { f = $0; next }
-       f == "" { next }
-       f ~ /^[sfc]$/ { n += $0 }
-       f ~ /^[sfc]:[0-9]+$/ { b++ }
+  awk '$1 ~ /^[sfc]$/ { n += $2 }
+       $1 ~ /^[sfc]:[0-9]+$/ { b++ }
        END { printf "%d %d\n", n, b }' "$keys.fields" >"$keys.nb"
   local n b
   read -r n b <"$keys.nb"
@@ -411,7 +409,7 @@ bench_step query-1 "Redis: GetTaskStats 30 days, 1 series" "1 conn × 1 in fligh
   "$SVC_PID" "$SVC" query1 --mode query $ONE --preload 0 --connections 1 --concurrency 1
 # shellcheck disable=SC2086
 preload query-600 --mode query $MANY --preload "$PRELOAD_MANY"
-SERIES=$(rcli hlen 'tt:v1:{default|bench-task-00}:series')
+SERIES=$(rcli hlen 'tt:v2:{default|bench-task-00}:series')
 # shellcheck disable=SC2086
 bench_step query-600 "Redis: GetTaskStats 30 days, $SERIES series" "1 conn × 1 in flight; $(fmt "$PRELOAD_MANY") preloaded" \
   "$SVC_PID" "$SVC" query600 --mode query $MANY --preload 0 --connections 1 --concurrency 1
@@ -425,7 +423,7 @@ bench_step query-1-month "Redis: GetTaskStats 30 days, 1 series, data over the m
   "$SVC_PID" "$SVC" query1 --mode query $ONE --preload 0 --connections 1 --concurrency 1
 # shellcheck disable=SC2086
 preload query-600-month --mode query $MANY --preload "$PRELOAD_MANY" --preload-span 30d
-SERIES=$(rcli hlen 'tt:v1:{default|bench-task-00}:series')
+SERIES=$(rcli hlen 'tt:v2:{default|bench-task-00}:series')
 # shellcheck disable=SC2086
 bench_step query-600-month "Redis: GetTaskStats 30 days, $SERIES series, data over the month" \
   "1 conn × 1 in flight; $(fmt "$PRELOAD_MANY") preloaded over 30 days" \

@@ -24,10 +24,13 @@ use rustc_hash::FxHashMap;
 
 use crate::ingest::plan::HashWrite;
 
-/// The increments of one or more entries, summed: key suffix -> (expiry ms, field -> delta).
+/// The summed increments of one bucket: its expiry (ms since the epoch), field -> delta.
+pub(crate) type BucketSums = (i64, FxHashMap<String, i64>);
+
+/// The increments of one or more entries, summed: key suffix -> [`BucketSums`].
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Sums {
-    pub(crate) hashes: FxHashMap<String, (i64, FxHashMap<String, i64>)>,
+    pub(crate) hashes: FxHashMap<String, BucketSums>,
 }
 
 /// Encodes one round's increments as a journal entry. `prefix` (the task's key prefix
@@ -142,7 +145,7 @@ mod tests {
         }
     }
 
-    const P: &str = "tt:v1:{default|checkout}";
+    const P: &str = "tt:v2:{default|checkout}";
 
     #[test]
     fn entries_round_trip_and_sum_per_hash_and_field() {

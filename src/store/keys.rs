@@ -8,7 +8,7 @@ use crate::buckets::BucketRef;
 use crate::domain::{Outcome, SeriesId, TaskName, Tenant};
 
 /// Version of the key schema; a change that is not backward compatible bumps it.
-pub const SCHEMA: &str = "tt:v1";
+pub const SCHEMA: &str = "tt:v2";
 
 /// Fields of a bucket hash. One hash per (series, resolution, bucket) holds the counts
 /// and the duration histograms of every outcome, so a commit round touches one hash per
@@ -22,7 +22,7 @@ pub mod field {
     pub const OVER_RANGE: &str = "over";
 }
 
-/// Key prefix shared by every key of one task: `tt:v1:{tenant|task}`.
+/// Key prefix shared by every key of one task: `tt:v2:{tenant|task}`.
 pub fn task_prefix(tenant: &Tenant, task: &TaskName) -> String {
     format!("{SCHEMA}:{{{}|{}}}", tenant.as_str(), task.as_str())
 }
@@ -125,11 +125,11 @@ mod tests {
             bucket(&p, "d2r1", b, SeriesId(7)),
             task_total(&p, "d2r1", b),
         ] {
-            assert!(key.starts_with("tt:v1:{default|checkout}:"), "{key}");
+            assert!(key.starts_with("tt:v2:{default|checkout}:"), "{key}");
         }
         assert_eq!(
             bucket(&p, "d2r1", b, SeriesId(7)),
-            "tt:v1:{default|checkout}:d2r1:b:h:3600:0000000000000007"
+            "tt:v2:{default|checkout}:d2r1:b:h:3600:0000000000000007"
         );
     }
 

@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands as _, RedisError};
 
-use super::journal::{self, Sums};
+use super::bucket;
+use super::journal::{self, BucketSums, Sums};
 use super::{FieldMap, Store, StoreError, group_by_task, keys, parse_series};
 use crate::domain::{Labels, Micros, SeriesId, TaskEvent, TaskName, Tenant};
 use crate::ingest::plan::{self, Disposition, Plan, Semantics};
@@ -109,9 +110,8 @@ impl<T: std::hash::Hash + Eq> Remembered<T> {
     }
 }
 
-/// How often the flusher folds journals into the bucket hashes. Longer folds more rounds
-/// into one write (less Redis work per event); a query folds what is left, so it only
-/// bounds how much a query may find to fold.
+/// How often the flusher folds journals into the buckets. A query reads the journal too,
+/// so this delays nothing anyone sees; it bounds how long the journal gets.
 pub const FOLD_EVERY: Duration = Duration::from_millis(1000);
 /// Most journal entries read at once.
 const FOLD_MAX_ENTRIES: isize = 512;
@@ -130,8 +130,8 @@ const FOLDS_PER_PASS: usize = 16;
 /// Journal entries beyond which a commit round folds before it answers (one round at a
 /// time per task in this process): a safety valve for when the flusher falls behind.
 const FOLD_BACKLOG: i64 = 8 * FOLD_MAX_ENTRIES as i64;
-/// How often a query retries folding when other flushers keep folding first.
-const SETTLE_ATTEMPTS: usize = 64;
+/// How often a read retries when flushers keep folding the journal while it reads.
+const READ_ATTEMPTS: usize = 64;
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -363,18 +363,30 @@ impl RedisStore {
                 sums.add_entry(entry).map_err(|e| StoreError::Internal(e.to_string()))?;
                 n += 1;
             }
+            // Read the buckets, add, write them back whole: the script writes them only if
+            // no other fold ran in between (see `lua/flush.lua`).
+            let hashes: Vec<(String, &BucketSums)> = sums
+                .hashes
+                .iter()
+                .map(|(suffix, sums)| (format!("{prefix}:{suffix}"), sums))
+                .collect();
+            let keys: Vec<&str> = hashes.iter().map(|(key, _)| key.as_str()).collect();
+            let stored = self.read_buckets(conn, &keys).await?;
             let mut inv = self.flush_script.prepare_invoke();
             inv.key(keys::journal(prefix))
                 .arg(n)
                 .arg(journal::token(first))
-                .arg(self.journal_ttl_ms)
-                .arg(sums.hashes.len());
-            for (suffix, (expire_at_ms, fields)) in &sums.hashes {
-                inv.key(format!("{prefix}:{suffix}"));
-                inv.arg(*expire_at_ms).arg(fields.len());
+                .arg(self.journal_ttl_ms);
+            for ((key, (expire_at_ms, fields)), mut bucket) in hashes.iter().zip(stored) {
                 for (field, delta) in fields {
-                    inv.arg(field).arg(*delta);
+                    match bucket.get_mut(field) {
+                        Some(v) => *v += delta,
+                        None => {
+                            bucket.insert(field.clone(), *delta);
+                        }
+                    }
                 }
+                inv.key(key).arg(*expire_at_ms).arg(bucket::encode(&bucket));
             }
             let folded: i64 = inv.invoke_async(conn).await.map_err(store_error)?;
             if folded != 1 {
@@ -385,45 +397,17 @@ impl RedisStore {
         Ok(true)
     }
 
-    /// Folds every journal entry of the task that is in Redis now (not the ones appended
-    /// while this runs), so a read that follows sees every event acknowledged before.
-    async fn settle_prefix(&self, prefix: &str) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let journal_key = keys::journal(prefix);
-        let last: Option<String> = conn.lindex(&journal_key, -1).await.map_err(store_error)?;
-        let Some(last) = last else {
-            return Ok(());
-        };
-        let target = journal::token(&last).to_owned();
-        for _ in 0..SETTLE_ATTEMPTS {
-            let entries: Vec<String> = conn
-                .lrange(&journal_key, 0, FOLD_MAX_ENTRIES - 1)
-                .await
-                .map_err(store_error)?;
-            let at = entries.iter().position(|e| journal::token(e) == target);
-            let upto = match at {
-                Some(p) => p + 1,
-                // Not among the first entries of a short journal: already folded.
-                None if entries.len() < usize::try_from(FOLD_MAX_ENTRIES).unwrap_or(usize::MAX) => return Ok(()),
-                None => entries.len(),
-            };
-            if self.fold(&mut conn, prefix, &entries[..upto]).await? && at.is_some() {
-                return Ok(());
-            }
-        }
-        Err(StoreError::Contention)
-    }
-
     /// Reads `keys` and the task's whole journal and adds the journal's increments to
-    /// what was read: the read when the journal cannot be folded. (Redis refuses even a
-    /// read-only `MULTI` when full, so this checks instead that no fold ran meanwhile: a
-    /// fold always removes the journal's first entry.)
+    /// what was read, so the read sees every acknowledged event, folded or not. It writes
+    /// nothing, so it also works when Redis is full. (Redis refuses even a read-only
+    /// `MULTI` then, so this checks instead that no fold ran meanwhile: a fold always
+    /// removes the journal's first entry, and entry tokens are unique.)
     async fn read_hashes_with_journal(&self, prefix: &str, keys: Vec<String>) -> Result<Vec<FieldMap>, StoreError> {
         let mut conn = self.conn.clone();
         let journal_key = keys::journal(prefix);
-        for _ in 0..SETTLE_ATTEMPTS {
+        for _ in 0..READ_ATTEMPTS {
             let entries: Vec<String> = conn.lrange(&journal_key, 0, -1).await.map_err(store_error)?;
-            let mut out = self.read_hashes_now(&mut conn, &keys).await?;
+            let mut out = self.read_buckets(&mut conn, &keys).await?;
             let head: Option<String> = conn.lindex(&journal_key, 0).await.map_err(store_error)?;
             let first = entries.first().map(|e| journal::token(e));
             if first.is_some() && first != head.as_deref().map(journal::token) {
@@ -448,20 +432,28 @@ impl RedisStore {
         Err(StoreError::Contention)
     }
 
-    async fn read_hashes_now(
+    /// Reads the stored buckets `keys` (an absent one is empty).
+    async fn read_buckets<K: AsRef<str>>(
         &self,
         conn: &mut ConnectionManager,
-        keys: &[String],
+        keys: &[K],
     ) -> Result<Vec<FieldMap>, StoreError> {
         let mut out = Vec::with_capacity(keys.len());
-        // Pipelined in chunks, so one huge query does not hold one reply buffer of everything.
+        // In chunks, so one huge query does not hold one reply buffer of everything.
         for chunk in keys.chunks(512) {
-            let mut pipe = redis::pipe();
-            for key in chunk {
-                pipe.hgetall(key);
+            let values: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(chunk.iter().map(AsRef::as_ref).collect::<Vec<&str>>())
+                .query_async(conn)
+                .await
+                .map_err(store_error)?;
+            for (key, value) in chunk.iter().zip(values) {
+                let fields = match value {
+                    Some(text) => bucket::decode(&text)
+                        .map_err(|e| StoreError::Internal(format!("bucket `{}`: {e}", key.as_ref())))?,
+                    None => FieldMap::new(),
+                };
+                out.push(fields);
             }
-            let maps: Vec<FieldMap> = pipe.query_async(conn).await.map_err(store_error)?;
-            out.extend(maps);
         }
         Ok(out)
     }
@@ -682,18 +674,8 @@ impl Store for RedisStore {
         task: &TaskName,
         keys: Vec<String>,
     ) -> Result<Vec<FieldMap>, StoreError> {
-        let prefix = keys::task_prefix(tenant, task);
-        match self.settle_prefix(&prefix).await {
-            Ok(()) => {}
-            // Redis refuses writes, so the journal cannot be folded: read it too.
-            Err(StoreError::Full(why)) => {
-                tracing::debug!(%why, "Redis is full: reading the journal alongside the buckets");
-                return self.read_hashes_with_journal(&prefix, keys).await;
-            }
-            Err(e) => return Err(e),
-        }
-        let mut conn = self.conn.clone();
-        self.read_hashes_now(&mut conn, &keys).await
+        self.read_hashes_with_journal(&keys::task_prefix(tenant, task), keys)
+            .await
     }
 
     async fn tasks(&self, tenant: &Tenant) -> Result<Vec<String>, StoreError> {

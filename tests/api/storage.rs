@@ -3,6 +3,8 @@
 
 use tasktime::pb::Outcome::Succeeded;
 
+use std::time::Duration;
+
 use crate::helpers::*;
 
 /// Keys matching `pattern`, sorted.
@@ -41,7 +43,7 @@ async fn records_and_buckets_expire_as_configured_and_nothing_lives_forever() {
 
     // Instance records: fields of record hashes; none is a key of its own.
     assert!(keys(redis, "*:i:*").is_empty(), "no per-instance keys");
-    let record_hashes = keys(redis, "tt:v1:{default|checkout}:r:*");
+    let record_hashes = keys(redis, "tt:v2:{default|checkout}:r:*");
     assert!(!record_hashes.is_empty());
     let mut found = Vec::new();
     for key in &record_hashes {
@@ -68,21 +70,35 @@ async fn records_and_buckets_expire_as_configured_and_nothing_lives_forever() {
 
     // Increments: the round appended them to the task's journal, which expires after
     // the longest retention (400 days and a day) however long it is left unfolded.
-    let journal = "tt:v1:{default|checkout}:j";
+    let journal = "tt:v2:{default|checkout}:j";
     if !keys(redis, journal).is_empty() {
         let ttl = pttl_s(redis, journal);
         assert!((400 * 86_400..=401 * 86_400).contains(&ttl), "{journal}: TTL {ttl} s");
     }
-    // A query folds the journal into the bucket hashes before it reads them.
+    // A query reads the journal beside the buckets, folded or not.
     let s = stats(&mut app.query, stats_request("checkout", t0 - 60 * SEC, now())).await;
     assert_eq!((s.started, s.count), (2, 1));
-    assert!(keys(redis, journal).is_empty(), "the query folded the whole journal");
+    // The flusher folds it into the buckets within about a second.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !keys(redis, journal).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flusher never folded {journal}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = stats(&mut app.query, stats_request("checkout", t0 - 60 * SEC, now())).await;
+    assert_eq!((s.started, s.count), (2, 1), "the same counts, now from the buckets");
+    // A bucket is a string of `name value` lines (store/bucket.rs).
+    let total = keys(redis, "tt:v2:{default|checkout}:*:t:d:*");
+    let text = redis.cli(&["get", &total[0]]);
+    assert!(text.lines().any(|l| l == "started 2"), "{text}");
 
     // Buckets: minute 2 days, hour 35 days, day 400 days after the bucket's end.
     for (res, keep_s) in [("m", 2 * 86_400), ("h", 35 * 86_400), ("d", 400 * 86_400)] {
-        let buckets = keys(redis, &format!("tt:v1:{{default|checkout}}:*:b:{res}:*"));
+        let buckets = keys(redis, &format!("tt:v2:{{default|checkout}}:*:b:{res}:*"));
         assert!(!buckets.is_empty(), "resolution {res} has bucket hashes");
-        let totals = keys(redis, &format!("tt:v1:{{default|checkout}}:*:t:{res}:*"));
+        let totals = keys(redis, &format!("tt:v2:{{default|checkout}}:*:t:{res}:*"));
         assert_eq!(totals.len(), buckets.len(), "one series, so one task total per bucket");
         for key in buckets.iter().chain(&totals) {
             let ttl = pttl_s(redis, key);
@@ -93,8 +109,8 @@ async fn records_and_buckets_expire_as_configured_and_nothing_lives_forever() {
         }
     }
     // Indexes: the series index and the task index.
-    assert_eq!(keys(redis, "tt:v1:{default|checkout}:series").len(), 1);
-    assert_eq!(redis.cli(&["smembers", "tt:v1:tasks:{default}"]).trim(), "checkout");
+    assert_eq!(keys(redis, "tt:v2:{default|checkout}:series").len(), 1);
+    assert_eq!(redis.cli(&["smembers", "tt:v2:tasks:{default}"]).trim(), "checkout");
     app.stop().await;
 }
 
@@ -136,7 +152,7 @@ mod generations {
     fn holders(redis: &RedisServer, id: &str) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for key in redis
-            .cli(&["--scan", "--pattern", "tt:v1:{default|checkout}:r:*"])
+            .cli(&["--scan", "--pattern", "tt:v2:{default|checkout}:r:*"])
             .lines()
         {
             let value = redis.cli(&["hget", key, id]).trim().to_owned();
@@ -235,7 +251,7 @@ mod journal {
 
     use crate::helpers::*;
 
-    const JOURNAL: &str = "tt:v1:{default|checkout}:j";
+    const JOURNAL: &str = "tt:v2:{default|checkout}:j";
 
     fn histogram() -> Arc<HistogramConfig> {
         Arc::new(HistogramConfig::new(HistogramConfig::DEFAULT_HIGHEST_US, 2).expect("config"))
@@ -320,11 +336,15 @@ mod journal {
             assert_eq!(seen, (acked as i64, acked as i64), "after round {round}");
         }
         assert_eq!(acked, 2 * 30 * 50);
-        assert_eq!(
-            redis.cli(&["exists", JOURNAL]).trim(),
-            "0",
-            "the last read folded everything"
-        );
+        // Reads never fold: the journal holds every round. Both flushers fold it at once.
+        assert_eq!(redis.cli(&["llen", JOURNAL]).trim(), "60");
+        let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
+        stop_a.cancel();
+        stop_b.cancel();
+        tokio::join!(a.clone().run_flusher(stop_a), b.clone().run_flusher(stop_b));
+        assert_eq!(redis.cli(&["exists", JOURNAL]).trim(), "0", "folded");
+        let folded = day_total(&a, t).await;
+        assert_eq!(folded, (acked as i64, acked as i64), "folding kept every count once");
     }
 
     /// A replica that stopped before folding leaves its journal behind; the next replica
@@ -342,64 +362,64 @@ mod journal {
         let next = store(&redis);
         let stop = CancellationToken::new();
         stop.cancel(); // one pass: find the journals, fold them, return
-        next.run_flusher(stop).await;
+        next.clone().run_flusher(stop).await;
         assert_eq!(redis.cli(&["exists", JOURNAL]).trim(), "0");
-        let totals = redis.cli(&["--scan", "--pattern", "tt:v1:{default|checkout}:*:t:d:*"]);
-        let total = totals.lines().next().expect("a day total").to_owned();
-        assert_eq!(redis.cli(&["hget", &total, "started"]).trim(), "10");
-        assert_eq!(redis.cli(&["hget", &total, "s"]).trim(), "10");
+        assert_eq!(day_total(&next, t).await, (10, 10), "read from the buckets alone");
     }
 
-    /// The fold script itself: it applies a fold only while the journal still starts with
-    /// the entries the flusher read, so a stale or concurrent flusher changes nothing.
+    /// The fold script itself: it writes a fold's buckets only while the journal still
+    /// starts with the entries the flusher read (so nothing changed the buckets since it
+    /// read them), so a stale or concurrent flusher changes nothing.
     #[test]
     fn a_fold_applies_only_to_the_entries_it_read() {
         let redis = RedisServer::start(RedisOptions::default());
         let script = include_str!("../../src/store/lua/flush.lua");
-        let hash = "tt:v1:{default|checkout}:h";
-        // Folds `n` entries starting with `token`, adding `delta` to the field x.
-        let fold = |n: &str, token: &str, delta: &str| {
+        let bucket = "tt:v2:{default|checkout}:b";
+        // Folds `n` entries starting with `token`, writing the bucket `x <x>`.
+        let fold = |n: &str, token: &str, x: &str| {
             redis
                 .cli(&[
                     "eval",
                     script,
                     "2",
                     JOURNAL,
-                    hash,
+                    bucket,
                     n,
                     token,
                     "60000",
-                    "1",
                     "99999999999999",
-                    "1",
-                    "x",
-                    delta,
+                    &format!("x {x}"),
                 ])
                 .trim()
                 .to_owned()
         };
-        let x = || redis.cli(&["hget", hash, "x"]).trim().to_owned();
-        redis.cli(&["rpush", JOURNAL, "t1\nh 1 x 2", "t2\nh 1 x 3"]);
+        let x = || redis.cli(&["get", bucket]).trim().to_owned();
+        redis.cli(&["rpush", JOURNAL, "t1\nb 1 x 2", "t2\nb 1 x 3"]);
         assert_eq!(fold("2", "t1", "5"), "1");
-        assert_eq!(x(), "5");
+        assert_eq!(x(), "x 5");
         assert_eq!(redis.cli(&["exists", JOURNAL]).trim(), "0", "both entries removed");
         assert_eq!(
-            fold("2", "t1", "5"),
+            fold("2", "t1", "10"),
             "0",
             "a stale flusher's second try changes nothing"
         );
-        assert_eq!(x(), "5");
+        assert_eq!(x(), "x 5");
 
-        redis.cli(&["rpush", JOURNAL, "t3\nh 1 x 1", "t4\nh 1 x 1", "t5\nh 1 x 1"]);
-        assert_eq!(fold("1", "t3", "1"), "1");
-        assert_eq!(fold("2", "t3", "2"), "0", "t3 was folded by another flusher");
-        assert_eq!(fold("3", "t4", "3"), "0", "only two entries are left, not three");
-        assert_eq!(x(), "6");
-        assert_eq!(fold("2", "t4", "2"), "1");
-        assert_eq!(x(), "8");
+        redis.cli(&["rpush", JOURNAL, "t3\nb 1 x 1", "t4\nb 1 x 1", "t5\nb 1 x 1"]);
+        assert_eq!(fold("1", "t3", "6"), "1");
+        assert_eq!(fold("2", "t3", "7"), "0", "t3 was folded by another flusher");
+        assert_eq!(fold("3", "t4", "8"), "0", "only two entries are left, not three");
+        assert_eq!(x(), "x 6");
+        assert_eq!(
+            redis.cli(&["llen", JOURNAL]).trim(),
+            "2",
+            "a refused fold removes nothing"
+        );
+        assert_eq!(fold("2", "t4", "8"), "1");
+        assert_eq!(x(), "x 8");
         assert_eq!(redis.cli(&["exists", JOURNAL]).trim(), "0");
-        let ttl: i64 = redis.cli(&["pttl", hash]).trim().parse().expect("a number");
-        assert!(ttl > 0, "a hash a fold creates expires (PTTL {ttl})");
+        let ttl: i64 = redis.cli(&["pttl", bucket]).trim().parse().expect("a number");
+        assert!(ttl > 0, "a bucket a fold writes expires (PTTL {ttl})");
     }
 
     /// With no flusher running (or one that is behind), commit rounds fold the journal
