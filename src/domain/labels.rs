@@ -31,6 +31,7 @@ impl SeriesId {
 /// Longest label key, in bytes.
 pub const MAX_LABEL_KEY_LEN: usize = 64;
 
+/// Checks a label key; an error names it `<field> key`.
 fn check_key(field: &str, key: &str) -> Result<(), DomainError> {
     let bytes = key.as_bytes();
     let ok = !bytes.is_empty()
@@ -43,7 +44,7 @@ fn check_key(field: &str, key: &str) -> Result<(), DomainError> {
         Ok(())
     } else {
         Err(DomainError::BadFormat {
-            field: field.to_owned(),
+            field: format!("{field} key"),
             value: quote(key),
             rule: KEY_RULE,
         })
@@ -72,7 +73,7 @@ impl Labels {
             });
         }
         for (key, value) in &map {
-            check_key(&format!("{field} key"), key)?;
+            check_key(field, key)?;
             if value.len() > max_value_bytes {
                 return Err(DomainError::TooLong {
                     field: format!("{field}[{key}]"),
@@ -135,7 +136,7 @@ impl LabelFilter {
     pub fn parse(field: &str, map: impl IntoIterator<Item = (String, String)>) -> Result<Self, DomainError> {
         let map: BTreeMap<String, String> = map.into_iter().collect();
         for key in map.keys() {
-            check_key(&format!("{field} key"), key)?;
+            check_key(field, key)?;
         }
         Ok(LabelFilter(map))
     }

@@ -94,10 +94,13 @@ pub fn event(index: usize, e: pb::TaskEvent, ctx: &EventContext) -> Result<TaskE
             "events[{index}] has no event kind: set exactly one of start, finish or completed"
         ));
     };
-    let task = TaskName::parse(&f("task"), e.task).map_err(domain)?;
-    let instance_id = InstanceId::parse(&f("instance_id"), e.instance_id).map_err(domain)?;
+    // Checks name the field relative to the event (`task`); an error gets the event's
+    // `events[i].` in front, so nothing is formatted for the events that pass.
+    let within = |reason: String| format!("events[{index}].{reason}");
+    let task = TaskName::parse("task", e.task).map_err(|e| within(domain(e)))?;
+    let instance_id = InstanceId::parse("instance_id", e.instance_id).map_err(|e| within(domain(e)))?;
     let at = match &e.at {
-        Some(ts) => timestamp_micros(&f("at"), ts)?,
+        Some(ts) => timestamp_micros("at", ts).map_err(within)?,
         None => ctx.now,
     };
     if at > ctx.now + ctx.limits.max_future_skew {
@@ -118,7 +121,10 @@ pub fn event(index: usize, e: pb::TaskEvent, ctx: &EventContext) -> Result<TaskE
     }
     let (kind, takes_labels) = match kind {
         pb::task_event::Kind::Start(_) => (EventKind::Start, true),
-        pb::task_event::Kind::Finish(fin) => (EventKind::Finish(outcome(&f("finish.outcome"), fin.outcome)?), false),
+        pb::task_event::Kind::Finish(fin) => (
+            EventKind::Finish(outcome("finish.outcome", fin.outcome).map_err(within)?),
+            false,
+        ),
         pb::task_event::Kind::Completed(c) => {
             let Some(d) = &c.duration else {
                 return Err(format!(
@@ -126,7 +132,7 @@ pub fn event(index: usize, e: pb::TaskEvent, ctx: &EventContext) -> Result<TaskE
                     f("completed.duration")
                 ));
             };
-            let duration = duration_micros(&f("completed.duration"), d)?;
+            let duration = duration_micros("completed.duration", d).map_err(within)?;
             if duration < 0 {
                 return Err(format!(
                     "{} is negative ({}); a duration cannot be negative",
@@ -134,19 +140,19 @@ pub fn event(index: usize, e: pb::TaskEvent, ctx: &EventContext) -> Result<TaskE
                     fmt_duration(duration)
                 ));
             }
-            let outcome = outcome(&f("completed.outcome"), c.outcome)?;
+            let outcome = outcome("completed.outcome", c.outcome).map_err(within)?;
             (EventKind::Completed { duration, outcome }, true)
         }
     };
     // Labels on a finish are ignored (the start's labels name the series) but still checked,
     // so a client learns about a bad label on the first event that carries it.
     let labels = Labels::parse(
-        &f("labels"),
+        "labels",
         e.labels,
         ctx.limits.max_labels,
         ctx.limits.max_label_value_bytes,
     )
-    .map_err(domain)?;
+    .map_err(|e| within(domain(e)))?;
     Ok(TaskEvent {
         tenant: Tenant::default_tenant(),
         task,

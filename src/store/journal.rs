@@ -1,18 +1,17 @@
 //! The increment journal of one task (Redis store).
 //!
-//! A commit round does not add its counter and histogram increments to the bucket hashes
+//! A commit round does not add its counter and histogram increments to the buckets
 //! itself: it appends them, as one entry, to the task's journal list, in the same script
 //! that writes the instance records. Appending one string is a fraction of the cost of
 //! updating the hundred-odd fields a round touches, and it is just as durable and exactly
 //! once: the entry is written if and only if the round's records are.
 //!
-//! A flusher then folds the journal into the bucket hashes: it reads the oldest entries,
-//! adds up their increments (a busy task's rounds touch the same fields again and again,
-//! so a flush writes far fewer fields than its entries hold), and runs `lua/flush.lua`,
-//! which applies the sums and removes exactly those entries, atomically, and only if the
-//! oldest entry is still the one it read (else another flusher got there first and
-//! nothing happens). A query first folds the entries acknowledged before it
-//! ([`crate::store::Store::settle`]), so it always sees every acknowledged event.
+//! A flusher then folds the journal into the buckets ([`crate::store::bucket`]): it reads
+//! the oldest entries, adds up their increments, reads the buckets they touch, adds the
+//! sums and runs `lua/flush.lua`, which writes the buckets and removes exactly those
+//! entries, atomically, and only if the oldest entry is still the one it read (else
+//! another flusher got there first and nothing happens). A query reads the journal beside
+//! the buckets and adds it in, so it sees every acknowledged event, folded or not.
 //!
 //! An entry is text: a line with its token (unique per round), then one line per hash:
 //! the key without the task prefix, its expiry (ms since the epoch) and `field delta`

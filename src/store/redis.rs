@@ -1,7 +1,7 @@
 //! The Redis store: durable, shared by every replica.
 //!
 //! One commit round per task group: read the instance records the events refer to
-//! (`MGET`), plan the round in Rust ([`crate::ingest::plan`]), then run `commit.lua`, which
+//! (`HMGET` of the record hashes), plan the round in Rust ([`crate::ingest::plan`]), then run `commit.lua`, which
 //! re-checks those records and applies everything or nothing. A concurrent replica, or a
 //! command redis-rs resent after a lost reply, makes the check fail; the round is then
 //! re-read and re-planned, and the events it already applied show up as duplicates.
@@ -115,11 +115,9 @@ impl<T: std::hash::Hash + Eq> Remembered<T> {
 pub const FOLD_EVERY: Duration = Duration::from_millis(1000);
 /// Most journal entries read at once.
 const FOLD_MAX_ENTRIES: isize = 512;
-/// Fields one fold script writes, at most (unless one entry alone has more): a script
-/// blocks Redis while it runs, about a microsecond per field. Under light load folds are
-/// far smaller; under heavy load a large fold is what makes folding cheap (the more
-/// rounds one fold sums, the fewer fields it writes per event: at 1,500 fields, folding
-/// a 10 s stream load took 10.6 s more, at 20,000 about 1 s more).
+/// Fields one fold sums, at most (unless one entry alone has more), before it writes
+/// them: this bounds the buckets one fold script writes (a script blocks Redis while it
+/// runs, though writing a whole bucket is one `SET`).
 const FOLD_MAX_FIELDS: usize = 20_000;
 /// Journals folded at once by the flusher: few, so folds do not queue up behind each
 /// other in Redis.
@@ -260,7 +258,7 @@ impl RedisStore {
         self.dirty.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Folds journals into the bucket hashes every [`FOLD_EVERY`] until `stop`, then
+    /// Folds journals into the buckets every [`FOLD_EVERY`] until `stop`, then
     /// once more. Starts with the journals any replica left behind.
     pub async fn run_flusher(self, stop: CancellationToken) {
         match self.journals_in_redis().await {
@@ -348,7 +346,7 @@ impl RedisStore {
         })
     }
 
-    /// Folds `entries`, the journal's first ones as read, into the bucket hashes, in as
+    /// Folds `entries`, the journal's first ones as read, into the buckets, in as
     /// many scripts as [`FOLD_MAX_FIELDS`] asks. `Ok(false)` when the journal no longer
     /// starts with them (another flusher folded them).
     async fn fold(&self, conn: &mut ConnectionManager, prefix: &str, entries: &[String]) -> Result<bool, StoreError> {
