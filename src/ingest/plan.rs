@@ -137,7 +137,7 @@ pub struct Plan {
     /// `(index of the event in the caller's batch, disposition)`, in input order.
     pub dispositions: Vec<(usize, Disposition)>,
     pub instance_writes: Vec<InstanceWrite>,
-    pub hash_writes: Vec<HashWrite>,
+    pub increments: Increments,
     pub series_writes: Vec<SeriesWrite>,
 }
 
@@ -167,15 +167,16 @@ enum Field {
     Bin(Outcome, u64),
 }
 
-impl Field {
-    fn name(self) -> String {
-        match self {
-            Field::Started => field::STARTED.to_owned(),
-            Field::FinishedOfStarted => field::FINISHED_OF_STARTED.to_owned(),
-            Field::OverRange => field::OVER_RANGE.to_owned(),
-            Field::Count(o) => keys::outcome_field(o).to_owned(),
-            Field::Sum(o) => keys::sum_field(o).to_owned(),
-            Field::Bin(o, bin) => keys::bin_field(o, bin),
+impl std::fmt::Display for Field {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Field::Started => f.write_str(field::STARTED),
+            Field::FinishedOfStarted => f.write_str(field::FINISHED_OF_STARTED),
+            Field::OverRange => f.write_str(field::OVER_RANGE),
+            Field::Count(o) => f.write_str(keys::outcome_field(o)),
+            Field::Sum(o) => f.write_str(keys::sum_field(o)),
+            // As keys::bin_field names it.
+            Field::Bin(o, bin) => write!(f, "{}:{bin}", o.code()),
         }
     }
 }
@@ -187,28 +188,88 @@ struct BucketKey {
     series: SeriesId,
 }
 
-/// Accumulates increments per (bucket hash, field) across a round. Keys and fields stay
-/// structured (and hashed cheaply) until the round is done; each distinct one is turned
-/// into its storage name once.
-struct Increments<'a> {
-    sem: &'a Semantics,
-    prefix: &'a str,
-    now_secs: i64,
-    hashes: FxHashMap<BucketKey, (i64, FxHashMap<Field, i64>)>,
+/// The increments of one bucket: its expiry (ms since the epoch) and field -> delta.
+type FieldSums = (i64, FxHashMap<Field, i64>);
+
+/// A round's counter and histogram increments per (bucket, field): every series' bucket,
+/// and for every bucket touched the same increments summed over the series into the
+/// task's total for the bucket (what a query with no label filter reads: one hash per
+/// bucket, however many series). Keys and fields stay structured (and hashed cheaply)
+/// until they are written out.
+#[derive(Debug, Default)]
+pub struct Increments {
+    namespace: String,
+    hashes: FxHashMap<BucketKey, FieldSums>,
+    totals: FxHashMap<BucketRef, FieldSums>,
 }
 
-impl<'a> Increments<'a> {
-    fn new(sem: &'a Semantics, prefix: &'a str, now: Micros) -> Self {
-        Increments {
+impl Increments {
+    /// Whether the round changes no counter.
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+
+    /// Every hash's increments, keyed by the hash's full key (task `prefix` included).
+    pub fn hash_writes(&self, prefix: &str) -> Vec<HashWrite> {
+        let named = |bucket: BucketRef, series: Option<SeriesId>, (expire_at_ms, fields): &FieldSums| {
+            let mut key = format!("{prefix}:");
+            keys::write_bucket_suffix(&mut key, &self.namespace, bucket, series);
+            HashWrite {
+                key,
+                expire_at_ms: *expire_at_ms,
+                fields: fields.iter().map(|(f, d)| (f.to_string(), *d)).collect(),
+            }
+        };
+        self.hashes
+            .iter()
+            .map(|(k, sums)| named(k.bucket, Some(k.series), sums))
+            .chain(self.totals.iter().map(|(b, sums)| named(*b, None, sums)))
+            .collect()
+    }
+
+    /// Appends one line per hash to `out`, each after a newline: the key after the task
+    /// prefix, the expiry and `field delta` pairs, separated by spaces (the journal's
+    /// entry format, `store/journal.rs`), formatted straight into `out`.
+    pub fn write_lines(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let mut line = |bucket: BucketRef, series: Option<SeriesId>, (expire_at_ms, fields): &FieldSums| {
+            out.push('\n');
+            keys::write_bucket_suffix(out, &self.namespace, bucket, series);
+            let _ = write!(out, " {expire_at_ms}");
+            for (f, d) in fields {
+                let _ = write!(out, " {f} {d}");
+            }
+        };
+        for (k, sums) in &self.hashes {
+            line(k.bucket, Some(k.series), sums);
+        }
+        for (b, sums) in &self.totals {
+            line(*b, None, sums);
+        }
+    }
+}
+
+/// Files increments under the buckets each resolution keeps.
+struct Filer<'a> {
+    sem: &'a Semantics,
+    now_secs: i64,
+    inc: Increments,
+}
+
+impl<'a> Filer<'a> {
+    fn new(sem: &'a Semantics, now: Micros) -> Self {
+        Filer {
             sem,
-            prefix,
             now_secs: now.div_euclid(MICROS_PER_SEC),
-            hashes: FxHashMap::default(),
+            inc: Increments {
+                namespace: sem.histogram.namespace(),
+                ..Increments::default()
+            },
         }
     }
 
-    /// Adds `delta` to `field` of `series`' bucket hash at every resolution still kept
-    /// for time `at`.
+    /// Adds `delta` to `field` of `series`' bucket hash, and of the task's total, at
+    /// every resolution still kept for time `at`.
     fn add(&mut self, at: Micros, series: SeriesId, field: Field, delta: i64) {
         for res in Resolution::ALL {
             let bucket = BucketRef {
@@ -219,11 +280,18 @@ impl<'a> Increments<'a> {
             if expires <= self.now_secs {
                 continue; // too old for this resolution: nothing keeps it
             }
-            let entry = self
+            let hash = self
+                .inc
                 .hashes
                 .entry(BucketKey { bucket, series })
                 .or_insert_with(|| (expires * 1000, FxHashMap::default()));
-            *entry.1.entry(field).or_default() += delta;
+            *hash.1.entry(field).or_default() += delta;
+            let total = self
+                .inc
+                .totals
+                .entry(bucket)
+                .or_insert_with(|| (expires * 1000, FxHashMap::default()));
+            *total.1.entry(field).or_default() += delta;
         }
     }
 
@@ -248,36 +316,6 @@ impl<'a> Increments<'a> {
             self.add(finish, series, Field::OverRange, 1);
         }
         over
-    }
-
-    /// The bucket hashes' increments and, for every bucket touched, the same increments
-    /// summed over the series into the task's total for the bucket (what a query with no
-    /// label filter reads: one hash per bucket, however many series). Both expire with the
-    /// bucket.
-    fn into_writes(self) -> Vec<HashWrite> {
-        let namespace = self.sem.histogram.namespace();
-        let mut totals: FxHashMap<BucketRef, (i64, FxHashMap<Field, i64>)> = FxHashMap::default();
-        let mut writes: Vec<HashWrite> = Vec::with_capacity(self.hashes.len() + 8);
-        for (key, (expire_at_ms, fields)) in self.hashes {
-            let total = &mut totals
-                .entry(key.bucket)
-                .or_insert_with(|| (expire_at_ms, FxHashMap::default()))
-                .1;
-            for (f, d) in &fields {
-                *total.entry(*f).or_default() += d;
-            }
-            writes.push(HashWrite {
-                key: keys::bucket(self.prefix, &namespace, key.bucket, key.series),
-                expire_at_ms,
-                fields: fields.into_iter().map(|(f, d)| (f.name(), d)).collect(),
-            });
-        }
-        writes.extend(totals.into_iter().map(|(bucket, (expire_at_ms, fields))| HashWrite {
-            key: keys::task_total(self.prefix, &namespace, bucket),
-            expire_at_ms,
-            fields: fields.into_iter().map(|(f, d)| (f.name(), d)).collect(),
-        }));
-        writes
     }
 }
 
@@ -312,7 +350,7 @@ pub fn plan_task<'a>(
     now: Micros,
 ) -> Plan {
     let mut plan = Plan::default();
-    let mut inc = Increments::new(sem, prefix, now);
+    let mut inc = Filer::new(sem, now);
     // Current state of each touched key, with the TTL its last change asks for.
     let mut current: FxHashMap<&'a str, (Option<InstanceState>, Option<Micros>)> = FxHashMap::default();
     let mut new_series: FxHashMap<SeriesId, String> = FxHashMap::default();
@@ -340,9 +378,11 @@ pub fn plan_task<'a>(
             }
         };
         let (state, _) = entry;
-        let series = event.labels.series_id();
+        // Only a start or a completed event names its series (a finish's is in its record).
+        let series = || event.labels.series_id();
         let (disposition, next) = match (state, event.kind) {
             (None, EventKind::Start) => {
+                let series = series();
                 inc.started(event.at, series);
                 new_series.entry(series).or_insert_with(|| labels_json(event));
                 (
@@ -368,6 +408,7 @@ pub fn plan_task<'a>(
             ),
             (None, EventKind::Completed { duration, outcome }) => {
                 let start = event.at - duration;
+                let series = series();
                 inc.started(start, series);
                 new_series.entry(series).or_insert_with(|| labels_json(event));
                 let over_range = inc.finished(start, event.at, series, outcome);
@@ -391,6 +432,7 @@ pub fn plan_task<'a>(
                 if finish < event.at {
                     (negative_duration(event.at, finish), None)
                 } else {
+                    let series = series();
                     inc.started(event.at, series);
                     new_series.entry(series).or_insert_with(|| labels_json(event));
                     let over_range = inc.finished(event.at, finish, series, outcome);
@@ -428,7 +470,7 @@ pub fn plan_task<'a>(
             ttl_ms: ttl / 1000,
         });
     }
-    plan.hash_writes = inc.into_writes();
+    plan.increments = inc.inc;
     let index_key = keys::series_index(prefix);
     plan.series_writes = new_series
         .into_iter()
@@ -493,7 +535,7 @@ mod tests {
                 assert_eq!(records.get(&w.id), w.expected.as_ref(), "the plan read what is stored");
                 records.insert(w.id, w.new);
             }
-            for h in plan.hash_writes {
+            for h in plan.increments.hash_writes(prefix) {
                 if h.key.contains(":b:m:") {
                     for (f, d) in h.fields {
                         *totals.entry(f).or_default() += d;

@@ -17,11 +17,9 @@
 //! the key without the task prefix, its expiry (ms since the epoch) and `field delta`
 //! pairs, separated by spaces (no key suffix or field contains one).
 
-use std::fmt::Write as _;
-
 use rustc_hash::FxHashMap;
 
-use crate::ingest::plan::HashWrite;
+use crate::ingest::plan::Increments;
 
 /// The summed increments of one bucket: its expiry (ms since the epoch), field -> delta.
 pub(crate) type BucketSums = (i64, FxHashMap<String, i64>);
@@ -32,24 +30,11 @@ pub(crate) struct Sums {
     pub(crate) hashes: FxHashMap<String, BucketSums>,
 }
 
-/// Encodes one round's increments as a journal entry. `prefix` (the task's key prefix
-/// and its `:`) is left out of every key.
-pub(crate) fn encode(token: &str, prefix: &str, writes: &[HashWrite]) -> String {
-    let mut out = String::with_capacity(32 + writes.iter().map(|w| 48 + 12 * w.fields.len()).sum::<usize>());
+/// Encodes one round's increments as a journal entry.
+pub(crate) fn encode(token: &str, increments: &Increments) -> String {
+    let mut out = String::with_capacity(4096);
     out.push_str(token);
-    for w in writes {
-        let suffix = w
-            .key
-            .strip_prefix(prefix)
-            .and_then(|k| k.strip_prefix(':'))
-            .unwrap_or(&w.key);
-        out.push('\n');
-        out.push_str(suffix);
-        let _ = write!(out, " {}", w.expire_at_ms);
-        for (field, delta) in &w.fields {
-            let _ = write!(out, " {field} {delta}");
-        }
-    }
+    increments.write_lines(&mut out);
     out
 }
 
@@ -136,45 +121,19 @@ impl Sums {
 mod tests {
     use super::*;
 
-    fn write(key: &str, expire: i64, fields: &[(&str, i64)]) -> HashWrite {
-        HashWrite {
-            key: key.to_owned(),
-            expire_at_ms: expire,
-            fields: fields.iter().map(|(f, d)| ((*f).to_owned(), *d)).collect(),
-        }
-    }
-
     const P: &str = "tt:v2:{default|checkout}";
 
     #[test]
-    fn entries_round_trip_and_sum_per_hash_and_field() {
-        let a = encode(
-            "tok-1",
-            P,
-            &[
-                write(
-                    &format!("{P}:d2r1:b:m:60:0000000000000007"),
-                    1000,
-                    &[("started", 2), ("s:1234", 1)],
-                ),
-                write(&format!("{P}:d2r1:t:m:60"), 1000, &[("started", 2)]),
-            ],
-        );
-        let b = encode(
-            "tok-2",
-            P,
-            &[write(
-                &format!("{P}:d2r1:b:m:60:0000000000000007"),
-                1000,
-                &[("s:1234", 3), ("sum:s", -5)],
-            )],
-        );
-        assert_eq!(token(&a), "tok-1");
-        assert_eq!(token(&b), "tok-2");
+    fn entries_sum_per_hash_and_field() {
+        let a = "tok-1\nd2r1:b:m:60:0000000000000007 1000 started 2 s:1234 1\nd2r1:t:m:60 1000 started 2";
+        let b = "tok-2\nd2r1:b:m:60:0000000000000007 1000 s:1234 3 sum:s -5";
+        assert_eq!(token(a), "tok-1");
+        assert_eq!(token(b), "tok-2");
         let mut sums = Sums::default();
-        sums.add_entry(&a).unwrap();
-        sums.add_entry(&b).unwrap();
+        sums.add_entry(a).unwrap();
+        sums.add_entry(b).unwrap();
         assert_eq!(sums.hashes.len(), 2);
+        assert_eq!(sums.fields(), 4);
         assert_eq!(sums.get("d2r1:b:m:60:0000000000000007", "started"), Some(2));
         assert_eq!(sums.get("d2r1:b:m:60:0000000000000007", "s:1234"), Some(4));
         assert_eq!(sums.get("d2r1:b:m:60:0000000000000007", "sum:s"), Some(-5));
@@ -182,9 +141,76 @@ mod tests {
         assert_eq!(sums.hashes["d2r1:t:m:60"].0, 1000);
     }
 
+    /// A round's entry holds exactly the increments the plan names per hash (what the
+    /// embedded store applies), with the keys less the task prefix.
+    #[test]
+    fn a_rounds_entry_holds_its_plans_increments() {
+        use std::sync::Arc;
+
+        use crate::buckets::Retention;
+        use crate::domain::{EventKind, InstanceId, Labels, MICROS_PER_SEC, Outcome, TaskEvent, TaskName, Tenant};
+        use crate::histogram::HistogramConfig;
+        use crate::ingest::plan::{self, Semantics};
+
+        let sem = Semantics {
+            abandon_after: Semantics::DEFAULT_ABANDON_AFTER,
+            dedupe_horizon: Semantics::DEFAULT_DEDUPE_HORIZON,
+            retention: Retention::default(),
+            histogram: Arc::new(HistogramConfig::new(HistogramConfig::DEFAULT_HIGHEST_US, 2).unwrap()),
+        };
+        let now = 1_800_000_000 * MICROS_PER_SEC;
+        let event = |id: &str, release: &str, ms: i64, outcome| TaskEvent {
+            tenant: Tenant::default_tenant(),
+            task: TaskName::parse("task", "checkout".into()).unwrap(),
+            instance_id: InstanceId::parse("id", id.into()).unwrap(),
+            at: now - 3_600 * MICROS_PER_SEC,
+            labels: Labels::parse("labels", [("release".to_owned(), release.to_owned())], 16, 128).unwrap(),
+            kind: EventKind::Completed {
+                duration: ms * 1000,
+                outcome,
+            },
+        };
+        let events = [
+            event("a", "1", 1_500, Outcome::Succeeded),
+            event("b", "1", 1_520, Outcome::Succeeded),
+            event("c", "2", 90_000, Outcome::Failed),
+        ];
+        let indexed: Vec<_> = events.iter().enumerate().collect();
+        let read = plan::instance_ids(&indexed, |_| true)
+            .into_iter()
+            .map(|id| (id, None))
+            .collect();
+        let plan = plan::plan_task(P, &indexed, &read, &sem, now);
+        let entry = encode("tok", &plan.increments);
+        let mut sums = Sums::default();
+        sums.add_entry(&entry).unwrap();
+        let writes = plan.increments.hash_writes(P);
+        assert!(
+            writes.len() >= 9,
+            "2 series and the total, at 3 resolutions: {}",
+            writes.len()
+        );
+        assert_eq!(sums.hashes.len(), writes.len());
+        for w in writes {
+            let suffix = w.key.strip_prefix(&format!("{P}:")).expect("the task's key");
+            let (expire, fields) = &sums.hashes[suffix];
+            assert_eq!(*expire, w.expire_at_ms, "{suffix}");
+            let want: FxHashMap<String, i64> = w.fields.into_iter().collect();
+            assert_eq!(fields, &want, "{suffix}");
+        }
+        let total_day = sums
+            .hashes
+            .iter()
+            .find(|(k, _)| k.contains(":t:d:"))
+            .expect("a day total");
+        assert_eq!(total_day.1.1["started"], 3);
+        assert_eq!(total_day.1.1["s"], 2);
+        assert_eq!(total_day.1.1["f"], 1);
+    }
+
     #[test]
     fn an_entry_with_no_increments_is_just_its_token() {
-        let e = encode("tok", P, &[]);
+        let e = encode("tok", &Increments::default());
         assert_eq!(e, "tok");
         let mut sums = Sums::default();
         sums.add_entry(&e).unwrap();

@@ -63,19 +63,29 @@ pub fn task_index(tenant: &Tenant) -> String {
 /// and the histogram bins. Carries the histogram namespace: bins of another histogram
 /// configuration are never mixed in.
 pub fn bucket(prefix: &str, namespace: &str, bucket: BucketRef, series: SeriesId) -> String {
-    format!(
-        "{prefix}:{namespace}:b:{}:{}:{:016x}",
-        bucket.res.code(),
-        bucket.start,
-        series.0
-    )
+    let mut key = format!("{prefix}:");
+    write_bucket_suffix(&mut key, namespace, bucket, Some(series));
+    key
+}
+
+/// Appends the part of a [`bucket`] key (`series` given) or a [`task_total`] key after
+/// the task prefix and its `:` to `out`.
+pub fn write_bucket_suffix(out: &mut String, namespace: &str, bucket: BucketRef, series: Option<SeriesId>) {
+    use std::fmt::Write as _;
+    let kind = if series.is_some() { 'b' } else { 't' };
+    let _ = write!(out, "{namespace}:{kind}:{}:{}", bucket.res.code(), bucket.start);
+    if let Some(series) = series {
+        let _ = write!(out, ":{:016x}", series.0);
+    }
 }
 
 /// One bucket of a task summed over all its series: the same fields as [`bucket`].
 /// Written with the bucket hashes, in the same script; a query with no label filter
 /// reads it instead of one hash per series.
 pub fn task_total(prefix: &str, namespace: &str, bucket: BucketRef) -> String {
-    format!("{prefix}:{namespace}:t:{}:{}", bucket.res.code(), bucket.start)
+    let mut key = format!("{prefix}:");
+    write_bucket_suffix(&mut key, namespace, bucket, None);
+    key
 }
 
 /// The field counting finishes with this outcome (also the number of its durations).
@@ -131,6 +141,7 @@ mod tests {
             bucket(&p, "d2r1", b, SeriesId(7)),
             "tt:v2:{default|checkout}:d2r1:b:h:3600:0000000000000007"
         );
+        assert_eq!(task_total(&p, "d2r1", b), "tt:v2:{default|checkout}:d2r1:t:h:3600");
     }
 
     #[test]

@@ -81,7 +81,7 @@ impl MemoryStore {
                 db.records
                     .insert(keys::instance(&prefix, &w.id), (w.new, now_ms + w.ttl_ms));
             }
-            for h in plan.hash_writes {
+            for h in plan.increments.hash_writes(&prefix) {
                 let entry = db
                     .hashes
                     .entry(h.key)

@@ -271,10 +271,15 @@ impl RedisStore {
             Err(e) => tracing::warn!(error = %e, "cannot list the journals left in Redis; folding this replica's only"),
         }
         let mut failing = false;
+        // A pass every FOLD_EVERY, start to start: under heavy load a pass takes a good
+        // part of the interval, and a pause after it would leave the journals longer.
+        let mut tick = tokio::time::interval(FOLD_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // the first tick is now
         loop {
             let stopping = tokio::select! {
                 () = stop.cancelled() => true,
-                () = tokio::time::sleep(FOLD_EVERY) => false,
+                _ = tick.tick() => false,
             };
             // Said once when folding starts failing and once when it recovers, not on
             // every pass (Redis at maxmemory would make it every second).
@@ -535,14 +540,14 @@ impl RedisStore {
             let to_read = if attempt == 0 { &finish_ids } else { &all_ids };
             let read = self.read_records(&mut conn, prefix, to_read, &live).await?;
             let plan = plan::plan_task(prefix, group, &read, &self.sem, now);
-            if plan.instance_writes.is_empty() && plan.hash_writes.is_empty() {
+            if plan.instance_writes.is_empty() && plan.increments.is_empty() {
                 // Only duplicates and rejections: nothing to write, nothing to check.
                 return Ok(plan.dispositions);
             }
-            let entry = if plan.hash_writes.is_empty() {
+            let entry = if plan.increments.is_empty() {
                 String::new()
             } else {
-                journal::encode(&self.next_token(), prefix, &plan.hash_writes)
+                journal::encode(&self.next_token(), &plan.increments)
             };
             let reply: Vec<i64> = self
                 .invocation(prefix, &plan, &live, &entry)
