@@ -22,7 +22,7 @@ use super::bucket;
 use super::journal::{self, BucketSums, Sums};
 use super::{FieldMap, Store, StoreError, group_by_task, keys, parse_series};
 use crate::domain::{Labels, Micros, SeriesId, TaskEvent, TaskName, Tenant};
-use crate::ingest::plan::{self, Disposition, Plan, Semantics};
+use crate::ingest::plan::{self, Disposition, InstanceState, Plan, Semantics};
 
 /// How often a round is re-planned after other replicas changed its instances.
 const MAX_ATTEMPTS: usize = 8;
@@ -64,6 +64,40 @@ pub struct RedisStore {
     /// Tasks already in the task index; saves an `SADD` per round. Short critical
     /// sections only, never held across `.await`.
     indexed_tasks: Arc<Mutex<Remembered<(Tenant, TaskName)>>>,
+    /// Records of instances this process started lately. Short critical sections only.
+    recent_starts: Arc<Mutex<RecentStarts>>,
+}
+
+/// The records of the instances this process started lately, so that planning their
+/// finish needs no read: the commit script checks every record a plan assumed anyway, so
+/// a record that changed since (another replica finished the instance, it expired) only
+/// makes the round re-read and re-plan. Keyed by a hash of task and instance id (a
+/// collision is just such a stale record). Bounded: two maps of at most
+/// [`RecentStarts::MAX`] entries; when the newer fills up, the older is dropped.
+#[derive(Debug, Default)]
+struct RecentStarts {
+    current: HashMap<u64, String, rustc_hash::FxBuildHasher>,
+    previous: HashMap<u64, String, rustc_hash::FxBuildHasher>,
+}
+
+impl RecentStarts {
+    /// About 8 MB per map; a finish usually comes seconds to minutes after its start.
+    const MAX: usize = 100_000;
+
+    fn key(task_seed: u64, id: &str) -> u64 {
+        xxhash_rust::xxh3::xxh3_64_with_seed(id.as_bytes(), task_seed)
+    }
+
+    fn take(&mut self, key: u64) -> Option<String> {
+        self.current.remove(&key).or_else(|| self.previous.remove(&key))
+    }
+
+    fn insert(&mut self, key: u64, record: String) {
+        if self.current.len() >= Self::MAX {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(key, record);
+    }
 }
 
 /// What one fold of a journal's head did.
@@ -242,6 +276,7 @@ impl RedisStore {
             dirty: Arc::new(Mutex::new(HashSet::new())),
             helping: Arc::new(Mutex::new(HashSet::new())),
             indexed_tasks: Arc::new(Mutex::new(Remembered::new())),
+            recent_starts: Arc::new(Mutex::new(RecentStarts::default())),
         })
     }
 
@@ -514,6 +549,25 @@ impl RedisStore {
         Ok(())
     }
 
+    fn lock_recent_starts(&self) -> std::sync::MutexGuard<'_, RecentStarts> {
+        self.recent_starts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remembers the records a committed round opened (see [`RecentStarts`]).
+    fn remember_starts(&self, task_seed: u64, writes: Vec<plan::InstanceWrite>) {
+        let opened: Vec<(u64, String)> = writes
+            .into_iter()
+            .filter(|w| matches!(InstanceState::decode(&w.new), Some(InstanceState::Open { .. })))
+            .map(|w| (RecentStarts::key(task_seed, &w.id), w.new))
+            .collect();
+        if !opened.is_empty() {
+            let mut recent = self.lock_recent_starts();
+            for (key, record) in opened {
+                recent.insert(key, record);
+            }
+        }
+    }
+
     fn lock_indexed(&self) -> std::sync::MutexGuard<'_, Remembered<(Tenant, TaskName)>> {
         self.indexed_tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -530,15 +584,33 @@ impl RedisStore {
         }
         let live = self.generations.live(now.div_euclid(1_000_000));
         // The first attempt is optimistic: only a finish needs its start's record to be
-        // planned; starts and completed events are planned as if their record were absent,
-        // which is what the script checks. A retry, a duplicate or a pending finish makes
-        // that check fail, and the next attempt reads every record.
-        let all_ids = plan::instance_ids(group, |_| true);
-        let finish_ids = plan::instance_ids(group, |e| matches!(e.kind, crate::domain::EventKind::Finish(_)));
+        // planned, and not even that when this process wrote the start lately; starts and
+        // completed events are planned as if their record were absent, which is what the
+        // script checks. A retry, a duplicate or a pending finish makes that check fail,
+        // and the next attempt reads every record.
+        let task_seed = xxhash_rust::xxh3::xxh3_64(prefix.as_bytes());
+        let mut finish_ids = plan::instance_ids(group, |e| matches!(e.kind, crate::domain::EventKind::Finish(_)));
+        let mut known: Vec<(&str, String)> = Vec::new();
+        if !finish_ids.is_empty() {
+            let mut recent = self.lock_recent_starts();
+            finish_ids.retain(|id| match recent.take(RecentStarts::key(task_seed, id)) {
+                Some(record) => {
+                    known.push((id, record));
+                    false
+                }
+                None => true,
+            });
+        }
         let mut conn = self.conn.clone();
         for attempt in 0..MAX_ATTEMPTS {
-            let to_read = if attempt == 0 { &finish_ids } else { &all_ids };
-            let read = self.read_records(&mut conn, prefix, to_read, &live).await?;
+            let read = if attempt == 0 {
+                let mut read = self.read_records(&mut conn, prefix, &finish_ids, &live).await?;
+                read.extend(known.drain(..).map(|(id, record)| (id, Some(record))));
+                read
+            } else {
+                let all_ids = plan::instance_ids(group, |_| true);
+                self.read_records(&mut conn, prefix, &all_ids, &live).await?
+            };
             let plan = plan::plan_task(prefix, group, &read, &self.sem, now);
             if plan.instance_writes.is_empty() && plan.increments.is_empty() {
                 // Only duplicates and rejections: nothing to write, nothing to check.
@@ -555,6 +627,7 @@ impl RedisStore {
                 .await
                 .map_err(store_error)?;
             if let [0, journal_len] = reply[..] {
+                self.remember_starts(task_seed, plan.instance_writes);
                 if !entry.is_empty() {
                     self.lock_dirty().insert(prefix.to_owned());
                 }
@@ -698,6 +771,35 @@ impl Store for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_starts_keep_at_most_two_maps_and_forget_the_oldest_first() {
+        let mut recent = RecentStarts::default();
+        let seed = xxhash_rust::xxh3::xxh3_64(b"task");
+        let n = 2 * RecentStarts::MAX + 10;
+        for i in 0..n {
+            recent.insert(RecentStarts::key(seed, &i.to_string()), format!("S|{i}|0"));
+        }
+        assert!(recent.current.len() + recent.previous.len() <= 2 * RecentStarts::MAX);
+        assert_eq!(
+            recent.take(RecentStarts::key(seed, "0")),
+            None,
+            "the oldest are forgotten"
+        );
+        let last = (n - 1).to_string();
+        assert_eq!(recent.take(RecentStarts::key(seed, &last)), Some(format!("S|{last}|0")));
+        assert_eq!(
+            recent.take(RecentStarts::key(seed, &last)),
+            None,
+            "a record is used once"
+        );
+        let other = xxhash_rust::xxh3::xxh3_64(b"other-task");
+        assert_ne!(
+            RecentStarts::key(seed, "a"),
+            RecentStarts::key(other, "a"),
+            "tasks differ"
+        );
+    }
 
     fn generations(keep_s: i64) -> Generations {
         Generations {

@@ -285,7 +285,87 @@ mod journal {
         }
     }
 
-    /// The task's day total: (started, succeeded), read through `store` (which folds first).
+    fn start(id: &str, at: i64) -> TaskEvent {
+        TaskEvent {
+            kind: EventKind::Start,
+            ..completed(id, at)
+        }
+    }
+
+    fn finish(id: &str, at: i64) -> TaskEvent {
+        TaskEvent {
+            kind: EventKind::Finish(Outcome::Succeeded),
+            ..completed(id, at)
+        }
+    }
+
+    /// A replica remembers the records of the instances it started, and plans their
+    /// finish from that without reading; the commit script still checks the record, so
+    /// a record that changed meanwhile is read and the finish planned again.
+    #[tokio::test]
+    async fn a_remembered_start_that_changed_meanwhile_is_read_again() {
+        use tasktime::ingest::Disposition;
+        let redis = RedisServer::start(RedisOptions::default());
+        let (a, b) = (store(&redis), store(&redis));
+        let t = now() - 60 * SEC;
+        let ok = Disposition::Accepted { over_range: false };
+        a.apply(&[start("x", t), start("y", t), start("z", t)], t)
+            .await
+            .expect("starts");
+
+        // x: another replica finished it; A's memory still says open.
+        assert_eq!(b.apply(&[finish("x", t + SEC)], t).await.expect("b"), vec![ok.clone()]);
+        // y: its record is gone (as when it expires); a finish then waits for a start.
+        let records = redis.cli(&["--scan", "--pattern", "tt:v2:{default|checkout}:r:*"]);
+        for key in records.lines() {
+            redis.cli(&["hdel", key, "y"]);
+        }
+        // z: nothing changed; planned from memory.
+        let got = a
+            .apply(
+                &[finish("x", t + SEC), finish("y", t + SEC), finish("z", t + 2 * SEC)],
+                t,
+            )
+            .await
+            .expect("a");
+        assert_eq!(got, vec![Disposition::Duplicate, ok.clone(), ok.clone()]);
+        // Durations: x once (by B), z once; y is a pending finish, not a duration.
+        assert_eq!(day_total(&a, t).await, (3, 2));
+        let y = redis
+            .cli(&["--scan", "--pattern", "tt:v2:{default|checkout}:r:*"])
+            .lines()
+            .map(|key| redis.cli(&["hget", key, "y"]).trim().to_owned())
+            .find(|v| !v.is_empty())
+            .expect("a record for y");
+        assert!(y.starts_with("F|"), "y waits for its start: {y}");
+
+        // And the point of it: finishing its own start, A reads no record before the
+        // script; B, which did not start it, does.
+        a.apply(&[start("v", t), start("w", t)], t).await.expect("starts");
+        let hmgets = || -> u64 {
+            let stats = redis.cli(&["info", "commandstats"]);
+            let line = stats
+                .lines()
+                .find(|l| l.starts_with("cmdstat_hmget:"))
+                .expect("HMGET ran");
+            line.split(['=', ','])
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .expect("a count")
+        };
+        let before = hmgets();
+        assert_eq!(a.apply(&[finish("v", t + SEC)], t).await.expect("a"), vec![ok.clone()]);
+        let by_a = hmgets() - before;
+        let before = hmgets();
+        assert_eq!(b.apply(&[finish("w", t + SEC)], t).await.expect("b"), vec![ok]);
+        let by_b = hmgets() - before;
+        assert!(
+            by_a < by_b,
+            "HMGETs: {by_a} finishing a remembered start, {by_b} otherwise"
+        );
+    }
+
+    /// The task's day total: (started, succeeded), read through `store` (buckets and journal).
     async fn day_total(store: &RedisStore, at: i64) -> (i64, i64) {
         let prefix = keys::task_prefix(&Tenant::default_tenant(), &task());
         let bucket = BucketRef {
