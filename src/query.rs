@@ -252,7 +252,7 @@ mod tests {
         assert_eq!(stats.percentiles, vec![(50.0, 0)]);
     }
 
-    /// A store that counts the bucket hashes a query reads.
+    /// A store that counts the buckets a query reads.
     #[derive(Debug, Clone)]
     struct Counting {
         inner: crate::store::MemoryStore,
@@ -366,7 +366,7 @@ mod tests {
         let reads = || store.bucket_reads.swap(0, std::sync::atomic::Ordering::Relaxed);
         assert_eq!(reads(), buckets, "no filter: one task total per bucket");
 
-        // A filter that every series matches: the bucket hashes of those series.
+        // A filter that every series matches: the buckets of those series.
         selector.filter = LabelFilter::parse("filter", [("platform".to_owned(), "web".to_owned())]).unwrap();
         let web = read_merged(&store, &settings, &selector, &[range], now).await.unwrap();
         assert_eq!((web[0].n, web[0].sum_us), (all[0].n, all[0].sum_us));

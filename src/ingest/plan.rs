@@ -156,7 +156,7 @@ pub fn instance_ids<'a>(events: &[(usize, &'a TaskEvent)], keep: impl Fn(&TaskEv
         .collect()
 }
 
-/// One field of a bucket hash, before it is named.
+/// One field of a bucket, before it is named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Field {
     Started,
@@ -181,7 +181,7 @@ impl std::fmt::Display for Field {
     }
 }
 
-/// One bucket hash, before it is named.
+/// One bucket, before it is named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct BucketKey {
     bucket: BucketRef,
@@ -268,7 +268,7 @@ impl<'a> Filer<'a> {
         }
     }
 
-    /// Adds `delta` to `field` of `series`' bucket hash, and of the task's total, at
+    /// Adds `delta` to `field` of `series`' bucket, and of the task's total, at
     /// every resolution still kept for time `at`.
     fn add(&mut self, at: Micros, series: SeriesId, field: Field, delta: i64) {
         for res in Resolution::ALL {

@@ -10,9 +10,10 @@ use crate::domain::{Outcome, SeriesId, TaskName, Tenant};
 /// Version of the key schema; a change that is not backward compatible bumps it.
 pub const SCHEMA: &str = "tt:v2";
 
-/// Fields of a bucket hash. One hash per (series, resolution, bucket) holds the counts
-/// and the duration histograms of every outcome, so a commit round touches one hash per
-/// series and resolution.
+/// Fields of a bucket. One bucket per (series, resolution, bucket start) holds the
+/// counts and the duration histograms of every outcome, so a round touches one bucket
+/// per series and resolution. (In Redis a bucket is one string of `name value` lines,
+/// `store/bucket.rs`; in the embedded store a map.)
 pub mod field {
     /// Instances started in this bucket.
     pub const STARTED: &str = "started";
@@ -59,8 +60,8 @@ pub fn task_index(tenant: &Tenant) -> String {
     format!("{SCHEMA}:tasks:{{{}}}", tenant.as_str())
 }
 
-/// The bucket hash of one series: counts, and per outcome the exact sum of durations
-/// and the histogram bins. Carries the histogram namespace: bins of another histogram
+/// The bucket of one series: counts, and per outcome the exact sum of durations and
+/// the histogram bins. Carries the histogram namespace: bins of another histogram
 /// configuration are never mixed in.
 pub fn bucket(prefix: &str, namespace: &str, bucket: BucketRef, series: SeriesId) -> String {
     let mut key = format!("{prefix}:");
@@ -80,8 +81,8 @@ pub fn write_bucket_suffix(out: &mut String, namespace: &str, bucket: BucketRef,
 }
 
 /// One bucket of a task summed over all its series: the same fields as [`bucket`].
-/// Written with the bucket hashes, in the same script; a query with no label filter
-/// reads it instead of one hash per series.
+/// Folded with the series' buckets, in the same script; a query with no label filter
+/// reads it instead of one bucket per series.
 pub fn task_total(prefix: &str, namespace: &str, bucket: BucketRef) -> String {
     let mut key = format!("{prefix}:");
     write_bucket_suffix(&mut key, namespace, bucket, None);

@@ -409,22 +409,16 @@ impl RedisStore {
                 .map(|(suffix, sums)| (format!("{prefix}:{suffix}"), sums))
                 .collect();
             let keys: Vec<&str> = hashes.iter().map(|(key, _)| key.as_str()).collect();
-            let stored = self.read_buckets(conn, &keys).await?;
+            let stored = self.read_stored(conn, &keys).await?;
             let mut inv = self.flush_script.prepare_invoke();
             inv.key(keys::journal(prefix))
                 .arg(n)
                 .arg(journal::token(first))
                 .arg(self.journal_ttl_ms);
-            for ((key, (expire_at_ms, fields)), mut bucket) in hashes.iter().zip(stored) {
-                for (field, delta) in fields {
-                    match bucket.get_mut(field) {
-                        Some(v) => *v += delta,
-                        None => {
-                            bucket.insert(field.clone(), *delta);
-                        }
-                    }
-                }
-                inv.key(key).arg(*expire_at_ms).arg(bucket::encode(&bucket));
+            for ((key, (expire_at_ms, fields)), stored) in hashes.iter().zip(stored) {
+                let bucket = bucket::add_deltas(stored.as_deref().unwrap_or(""), fields)
+                    .map_err(|e| StoreError::Internal(format!("bucket `{key}`: {e}")))?;
+                inv.key(key).arg(*expire_at_ms).arg(bucket);
             }
             let folded: i64 = inv.invoke_async(conn).await.map_err(store_error)?;
             if folded != 1 {
@@ -470,12 +464,12 @@ impl RedisStore {
         Err(StoreError::Contention)
     }
 
-    /// Reads the stored buckets `keys` (an absent one is empty).
-    async fn read_buckets<K: AsRef<str>>(
+    /// The stored form of the buckets `keys` (`None`: absent).
+    async fn read_stored<K: AsRef<str>>(
         &self,
         conn: &mut ConnectionManager,
         keys: &[K],
-    ) -> Result<Vec<FieldMap>, StoreError> {
+    ) -> Result<Vec<Option<String>>, StoreError> {
         let mut out = Vec::with_capacity(keys.len());
         // In chunks, so one huge query does not hold one reply buffer of everything.
         for chunk in keys.chunks(512) {
@@ -484,16 +478,21 @@ impl RedisStore {
                 .query_async(conn)
                 .await
                 .map_err(store_error)?;
-            for (key, value) in chunk.iter().zip(values) {
-                let fields = match value {
-                    Some(text) => bucket::decode(&text)
-                        .map_err(|e| StoreError::Internal(format!("bucket `{}`: {e}", key.as_ref())))?,
-                    None => FieldMap::new(),
-                };
-                out.push(fields);
-            }
+            out.extend(values);
         }
         Ok(out)
+    }
+
+    /// Reads the buckets `keys` (an absent one is empty).
+    async fn read_buckets(&self, conn: &mut ConnectionManager, keys: &[String]) -> Result<Vec<FieldMap>, StoreError> {
+        let stored = self.read_stored(conn, keys).await?;
+        keys.iter()
+            .zip(stored)
+            .map(|(key, value)| match value {
+                Some(text) => bucket::decode(&text).map_err(|e| StoreError::Internal(format!("bucket `{key}`: {e}"))),
+                None => Ok(FieldMap::new()),
+            })
+            .collect()
     }
 
     /// Every task journal in Redis (`SCAN`), by task prefix.

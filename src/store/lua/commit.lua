@@ -130,7 +130,7 @@ for g = 1, n_gen do
 end
 
 -- Increments: one entry appended to the task's journal (see store/journal.rs); a
--- flusher folds it into the bucket hashes. A new journal gets an expiry (the longest
+-- flusher folds it into the buckets. A new journal gets an expiry (the longest
 -- retention): one that is never folded cannot outlive the data it holds.
 local journal_len = 0
 if entry ~= '' then
