@@ -73,6 +73,11 @@ impl InstanceState {
         }
     }
 
+    /// Whether `text` is the record of an open instance (cheaper than decoding it).
+    pub fn is_open(text: &str) -> bool {
+        text.starts_with("S|")
+    }
+
     /// Inverse of [`Self::encode`]; `None` for text it did not write.
     pub fn decode(text: &str) -> Option<Self> {
         let mut parts = text.split('|');
@@ -167,6 +172,24 @@ enum Field {
     Bin(Outcome, u64),
 }
 
+impl Field {
+    /// Appends the field's name to `out` (what `Display` writes, without `fmt`).
+    fn push_name(self, out: &mut String, buf: &mut itoa::Buffer) {
+        match self {
+            Field::Started => out.push_str(field::STARTED),
+            Field::FinishedOfStarted => out.push_str(field::FINISHED_OF_STARTED),
+            Field::OverRange => out.push_str(field::OVER_RANGE),
+            Field::Count(o) => out.push_str(keys::outcome_field(o)),
+            Field::Sum(o) => out.push_str(keys::sum_field(o)),
+            Field::Bin(o, bin) => {
+                out.push_str(o.code());
+                out.push(':');
+                out.push_str(buf.format(bin));
+            }
+        }
+    }
+}
+
 impl std::fmt::Display for Field {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match *self {
@@ -231,13 +254,19 @@ impl Increments {
     /// prefix, the expiry and `field delta` pairs, separated by spaces (the journal's
     /// entry format, `store/journal.rs`), formatted straight into `out`.
     pub fn write_lines(&self, out: &mut String) {
-        use std::fmt::Write as _;
+        // Numbers through itoa and names pushed as they are: `write!` per field was most
+        // of the cost of a round's entry.
+        let mut buf = itoa::Buffer::new();
         let mut line = |bucket: BucketRef, series: Option<SeriesId>, (expire_at_ms, fields): &FieldSums| {
             out.push('\n');
             keys::write_bucket_suffix(out, &self.namespace, bucket, series);
-            let _ = write!(out, " {expire_at_ms}");
+            out.push(' ');
+            out.push_str(buf.format(*expire_at_ms));
             for (f, d) in fields {
-                let _ = write!(out, " {f} {d}");
+                out.push(' ');
+                f.push_name(out, &mut buf);
+                out.push(' ');
+                out.push_str(buf.format(*d));
             }
         };
         for (k, sums) in &self.hashes {
@@ -663,6 +692,8 @@ mod tests {
             InstanceState::Done,
         ] {
             assert_eq!(InstanceState::decode(&s.encode()), Some(s));
+            let open = matches!(s, InstanceState::Open { .. });
+            assert_eq!(InstanceState::is_open(&s.encode()), open, "{s:?}");
         }
         assert_eq!(InstanceState::decode("S|1"), None);
         assert_eq!(InstanceState::decode("D|x"), None);

@@ -556,7 +556,7 @@ impl RedisStore {
     fn remember_starts(&self, task_seed: u64, writes: Vec<plan::InstanceWrite>) {
         let opened: Vec<(u64, String)> = writes
             .into_iter()
-            .filter(|w| matches!(InstanceState::decode(&w.new), Some(InstanceState::Open { .. })))
+            .filter(|w| InstanceState::is_open(&w.new))
             .map(|w| (RecentStarts::key(task_seed, &w.id), w.new))
             .collect();
         if !opened.is_empty() {
