@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
@@ -58,7 +58,7 @@ pub struct RedisStore {
     tokens: Arc<(u64, AtomicU64)>,
     /// Task prefixes whose journal may hold entries to fold. Short critical sections
     /// only, never held across `.await` (as for `indexed_tasks`).
-    dirty: Arc<Mutex<HashSet<String>>>,
+    dirty: Arc<Mutex<HashMap<String, Pending>>>,
     /// Task prefixes a commit round of this process is folding right now.
     helping: Arc<Mutex<HashSet<String>>>,
     /// Tasks already in the task index; saves an `SADD` per round. Short critical
@@ -97,6 +97,49 @@ impl RecentStarts {
             self.previous = std::mem::take(&mut self.current);
         }
         self.current.insert(key, record);
+    }
+}
+
+/// A journal this process appended to (or found) and has not folded yet.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    /// When this process first appended to it since it was last folded.
+    since: Option<Instant>,
+    /// When this process last appended to it.
+    last: Option<Instant>,
+    /// Its length after that append.
+    len: i64,
+}
+
+impl Pending {
+    /// A journal found in Redis at start: fold it at once.
+    const LEFT_BEHIND: Pending = Pending {
+        since: None,
+        last: None,
+        len: 0,
+    };
+
+    fn new(now: Instant, len: i64) -> Self {
+        Pending {
+            since: Some(now),
+            last: Some(now),
+            len,
+        }
+    }
+
+    fn appended(&mut self, now: Instant, len: i64) {
+        self.last = Some(now);
+        self.len = len;
+    }
+
+    /// Whether a fold is worth its cost now. A fold rewrites every bucket it touches
+    /// whole, so it waits for a batch of entries to spread that over: it folds once the
+    /// journal is a fold's worth ([`FOLD_MAX_ENTRIES`]), once its first entry has waited
+    /// [`FOLD_DELAY`], or as soon as nothing was appended for [`FOLD_QUIET`] (the load
+    /// stopped: nothing more to batch with).
+    fn due(&self, now: Instant) -> bool {
+        let waited = |at: Option<Instant>, d: Duration| at.is_none_or(|t| now.duration_since(t) >= d);
+        self.len >= FOLD_MAX_ENTRIES as i64 || waited(self.since, FOLD_DELAY) || waited(self.last, FOLD_QUIET)
     }
 }
 
@@ -144,9 +187,13 @@ impl<T: std::hash::Hash + Eq> Remembered<T> {
     }
 }
 
-/// How often the flusher folds journals into the buckets. A query reads the journal too,
-/// so this delays nothing anyone sees; it bounds how long the journal gets.
+/// How often the flusher looks for journals due to be folded ([`Pending::due`]).
 pub const FOLD_EVERY: Duration = Duration::from_millis(1000);
+/// A journal nothing was appended to for this long is folded at the next pass.
+const FOLD_QUIET: Duration = Duration::from_millis(500);
+/// Longest a journal entry waits to be folded while appends keep coming (see
+/// [`Pending::due`]). Queries read the journal too, so this delays nothing anyone sees.
+const FOLD_DELAY: Duration = Duration::from_secs(5);
 /// Most journal entries read at once.
 const FOLD_MAX_ENTRIES: isize = 512;
 /// Fields one fold sums, at most (unless one entry alone has more), before it writes
@@ -273,7 +320,7 @@ impl RedisStore {
             flush_script: Arc::new(redis::Script::new(include_str!("lua/flush.lua"))),
             journal_ttl_ms,
             tokens: Arc::new((rand::random(), AtomicU64::new(0))),
-            dirty: Arc::new(Mutex::new(HashSet::new())),
+            dirty: Arc::new(Mutex::new(HashMap::new())),
             helping: Arc::new(Mutex::new(HashSet::new())),
             indexed_tasks: Arc::new(Mutex::new(Remembered::new())),
             recent_starts: Arc::new(Mutex::new(RecentStarts::default())),
@@ -289,7 +336,7 @@ impl RedisStore {
         self.helping.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_dirty(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    fn lock_dirty(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
         self.dirty.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -301,7 +348,8 @@ impl RedisStore {
                 if !found.is_empty() {
                     tracing::info!(journals = found.len(), "found journals to fold");
                 }
-                self.lock_dirty().extend(found);
+                self.lock_dirty()
+                    .extend(found.into_iter().map(|prefix| (prefix, Pending::LEFT_BEHIND)));
             }
             Err(e) => tracing::warn!(error = %e, "cannot list the journals left in Redis; folding this replica's only"),
         }
@@ -318,7 +366,7 @@ impl RedisStore {
             };
             // Said once when folding starts failing and once when it recovers, not on
             // every pass (Redis at maxmemory would make it every second).
-            match self.fold_dirty().await {
+            match self.fold_dirty(stopping).await {
                 Some((failed, error)) if !failing => {
                     failing = true;
                     tracing::warn!(journals = failed, %error, "cannot fold journals into the buckets; retrying every {FOLD_EVERY:?} (queries still see every event)");
@@ -335,12 +383,23 @@ impl RedisStore {
         }
     }
 
-    /// One pass of the flusher over the journals marked dirty; how many failed, and the
-    /// first error.
-    async fn fold_dirty(&self) -> Option<(usize, StoreError)> {
-        let prefixes: Vec<String> = std::mem::take(&mut *self.lock_dirty()).into_iter().collect();
-        let mut results = futures::stream::iter(prefixes)
-            .map(|prefix| async move {
+    /// One pass of the flusher over the journals marked dirty that are due (all of them
+    /// when `all`); how many failed, and the first error.
+    async fn fold_dirty(&self, all: bool) -> Option<(usize, StoreError)> {
+        let now = Instant::now();
+        let due: Vec<(String, Pending)> = {
+            let mut dirty = self.lock_dirty();
+            let due: Vec<String> = dirty
+                .iter()
+                .filter(|(_, pending)| all || pending.due(now))
+                .map(|(prefix, _)| prefix.clone())
+                .collect();
+            due.into_iter()
+                .filter_map(|prefix| dirty.remove_entry(&prefix))
+                .collect()
+        };
+        let mut results = futures::stream::iter(due)
+            .map(|(prefix, pending)| async move {
                 let mut outcome = self.fold_head(&prefix).await;
                 for _ in 1..FOLDS_PER_PASS {
                     if !matches!(outcome, Ok(Folded::More)) {
@@ -348,21 +407,23 @@ impl RedisStore {
                     }
                     outcome = self.fold_head(&prefix).await;
                 }
-                (prefix, outcome)
+                (prefix, pending, outcome)
             })
             .buffer_unordered(FOLD_CONCURRENCY);
         let mut failed: Option<(usize, StoreError)> = None;
-        while let Some((prefix, outcome)) = results.next().await {
-            match outcome {
-                Ok(Folded::All) => {}
-                Ok(Folded::More | Folded::Raced) => {
-                    self.lock_dirty().insert(prefix);
-                }
+        while let Some((prefix, pending, outcome)) = results.next().await {
+            let again = match outcome {
+                Ok(Folded::All) => false,
+                Ok(Folded::More | Folded::Raced) => true,
                 Err(e) => {
                     tracing::debug!(task = %prefix, error = %e, "cannot fold the journal yet");
-                    self.lock_dirty().insert(prefix);
                     failed.get_or_insert((0, e)).0 += 1;
+                    true
                 }
+            };
+            if again {
+                // Still due; a round that appended meanwhile has put its own times in.
+                self.lock_dirty().entry(prefix).or_insert(pending);
             }
         }
         failed
@@ -628,7 +689,14 @@ impl RedisStore {
             if let [0, journal_len] = reply[..] {
                 self.remember_starts(task_seed, plan.instance_writes);
                 if !entry.is_empty() {
-                    self.lock_dirty().insert(prefix.to_owned());
+                    let now = Instant::now();
+                    let mut dirty = self.lock_dirty();
+                    match dirty.get_mut(prefix) {
+                        Some(pending) => pending.appended(now, journal_len),
+                        None => {
+                            dirty.insert(prefix.to_owned(), Pending::new(now, journal_len));
+                        }
+                    }
                 }
                 if journal_len > FOLD_BACKLOG && self.lock_helping().insert(prefix.to_owned()) {
                     // The flusher is behind: this round helps it before it answers, which
@@ -770,6 +838,31 @@ impl Store for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_journal_is_folded_when_long_old_or_quiet() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut busy = Pending::new(t0, 1);
+        for ms in (100..=4_900).step_by(100) {
+            busy.appended(at(ms), 1 + ms as i64 / 100);
+            assert!(
+                !busy.due(at(ms + 50)),
+                "appends keep coming, short and young at {ms} ms"
+            );
+        }
+        busy.appended(at(5_000), 60);
+        assert!(busy.due(at(5_050)), "the first entry has waited FOLD_DELAY");
+
+        let mut long = Pending::new(t0, 1);
+        long.appended(at(10), FOLD_MAX_ENTRIES as i64);
+        assert!(long.due(at(20)), "a fold's worth of entries");
+
+        let quiet = Pending::new(t0, 3);
+        assert!(!quiet.due(at(400)));
+        assert!(quiet.due(at(500)), "nothing appended for FOLD_QUIET");
+        assert!(Pending::LEFT_BEHIND.due(t0), "found at start: at once");
+    }
 
     #[test]
     fn recent_starts_keep_at_most_two_maps_and_forget_the_oldest_first() {
