@@ -153,9 +153,10 @@ num() { awk -v v="$1" 'BEGIN { if (v >= 1000) { s = sprintf("%.0f", v); n = ""; 
 # measure OUTFILE SERVICE_PID CMD...: runs CMD with stdout to OUTFILE and sets M_SVC,
 # M_REDIS (CPU ticks of the service and Redis over the run), M_CLIENT (CPU ticks of CMD
 # and its children, read by the wrapper shell after it waited for them) and M_CALLS.
-# The service folds each task's increment journal (`...:j`) into the buckets about
-# once a second; memory is measured once every journal is folded, and each ingest step's rate includes the time the
-# service took to fold what the step left (at most 60 s).
+# The service folds each task's increment journal (`...:j`) into the buckets once it is
+# long, 5 s old, or quiet for 0.5 s (it looks every second); memory and queries are
+# measured once every journal is folded, and each ingest step's rate includes the time
+# the service took to fold what the step left (at most 60 s).
 FOLD_INTERVAL_S=1 # the service's fold interval (src/store/redis.rs FOLD_EVERY)
 wait_folded() {
   local i
@@ -399,6 +400,7 @@ preload() { # name args...
   shift
   rcli flushall >/dev/null
   "$BIN" bench --server "$SVC" --json --duration 0s "$@" >"$RAW/$name-preload.json"
+  wait_folded # folding the preload is ingest work too
 }
 ONE="--tasks 1 --releases 1 --platforms 1"
 MANY="--tasks 1 --releases 200 --platforms 3"

@@ -211,6 +211,8 @@ const FOLDS_PER_PASS: usize = 16;
 const FOLD_BACKLOG: i64 = 8 * FOLD_MAX_ENTRIES as i64;
 /// How often a read retries when flushers keep folding the journal while it reads.
 const READ_ATTEMPTS: usize = 64;
+/// Journal entries a read merges itself; a longer journal it folds first.
+const READ_FOLDS_AFTER: i64 = 64;
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -488,6 +490,29 @@ impl RedisStore {
             rest = &rest[n..];
         }
         Ok(true)
+    }
+
+    /// Folds the task's journal first when it is longer than [`READ_FOLDS_AFTER`] entries,
+    /// so that a read does not parse a long journal (and the next reads again). When
+    /// Redis is full and refuses the fold, the read merges the whole journal instead.
+    async fn fold_long_journal(&self, prefix: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let len: i64 = conn.llen(keys::journal(prefix)).await.map_err(store_error)?;
+        if len <= READ_FOLDS_AFTER {
+            return Ok(());
+        }
+        for _ in 0..READ_ATTEMPTS {
+            match self.fold_head(prefix).await {
+                Ok(Folded::All) => return Ok(()),
+                Ok(Folded::More | Folded::Raced) => {}
+                Err(StoreError::Full(why)) => {
+                    tracing::debug!(%why, "Redis is full: reading the journal beside the buckets");
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Reads `keys` and the task's whole journal and adds the journal's increments to
@@ -817,8 +842,9 @@ impl Store for RedisStore {
         task: &TaskName,
         keys: Vec<String>,
     ) -> Result<Vec<FieldMap>, StoreError> {
-        self.read_hashes_with_journal(&keys::task_prefix(tenant, task), keys)
-            .await
+        let prefix = keys::task_prefix(tenant, task);
+        self.fold_long_journal(&prefix).await?;
+        self.read_hashes_with_journal(&prefix, keys).await
     }
 
     async fn tasks(&self, tenant: &Tenant) -> Result<Vec<String>, StoreError> {

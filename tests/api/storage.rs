@@ -416,7 +416,8 @@ mod journal {
             assert_eq!(seen, (acked as i64, acked as i64), "after round {round}");
         }
         assert_eq!(acked, 2 * 30 * 50);
-        // Reads never fold: the journal holds every round. Both flushers fold it at once.
+        // Reads merge a short journal without folding it: it holds every round. Both
+        // flushers fold it at once.
         assert_eq!(redis.cli(&["llen", JOURNAL]).trim(), "60");
         let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
         stop_a.cancel();
@@ -500,6 +501,30 @@ mod journal {
         assert_eq!(redis.cli(&["exists", JOURNAL]).trim(), "0");
         let ttl: i64 = redis.cli(&["pttl", bucket]).trim().parse().expect("a number");
         assert!(ttl > 0, "a bucket a fold writes expires (PTTL {ttl})");
+    }
+
+    /// A read merges a short journal itself, but folds a long one first, so reads do not
+    /// each parse a long journal again.
+    #[tokio::test]
+    async fn a_read_folds_a_long_journal_first() {
+        let redis = RedisServer::start(RedisOptions::default());
+        let store = store(&redis);
+        let t = now() - 60 * SEC;
+        for round in 0..64 {
+            store
+                .apply(&[completed(&format!("s-{round}"), t)], t)
+                .await
+                .expect("commit");
+        }
+        assert_eq!(day_total(&store, t).await, (64, 64));
+        assert_eq!(
+            redis.cli(&["llen", JOURNAL]).trim(),
+            "64",
+            "64 entries: merged, not folded"
+        );
+        store.apply(&[completed("s-64", t)], t).await.expect("commit");
+        assert_eq!(day_total(&store, t).await, (65, 65));
+        assert_eq!(redis.cli(&["exists", JOURNAL]).trim(), "0", "65 entries: folded first");
     }
 
     /// With no flusher running (or one that is behind), commit rounds fold the journal
