@@ -81,7 +81,7 @@ fn convert_event(c: &mut Criterion) {
         kind: Some(pb::task_event::Kind::Start(pb::Start {})),
     };
     let finish = pb::TaskEvent {
-        labels: HashMap::new(),
+        labels: Default::default(),
         at: Some(micros_timestamp(now)),
         kind: Some(pb::task_event::Kind::Finish(pb::Finish {
             outcome: pb::Outcome::Succeeded as i32,

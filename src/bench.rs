@@ -170,7 +170,7 @@ impl Generator {
         format!("bench-task-{task:02}")
     }
 
-    fn labels(&mut self, task: usize, id: u64) -> std::collections::HashMap<String, String> {
+    fn labels(&mut self, task: usize, id: u64) -> std::collections::BTreeMap<String, String> {
         // Release and platform follow the id so a start's labels are reproducible.
         let release = (id as usize + task) % self.config.releases.max(1);
         let platform = (id as usize / 7) % self.config.platforms.max(1);

@@ -271,7 +271,7 @@ struct Instance {
 }
 
 fn events_for(config: &LedgerConfig, worker: usize, batch: &[Instance], phase: u8) -> Vec<pb::TaskEvent> {
-    let labels: std::collections::HashMap<String, String> = [("worker".to_owned(), worker.to_string())].into();
+    let labels: std::collections::BTreeMap<String, String> = [("worker".to_owned(), worker.to_string())].into();
     let mut events = Vec::with_capacity(batch.len() * 2);
     for i in batch {
         let start = pb::TaskEvent {

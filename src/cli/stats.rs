@@ -1,7 +1,7 @@
 //! `tasktime stats`: prints `TaskStats` for a selector as a readable table, or as JSON
 //! (the proto JSON mapping) with `--json`.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -83,7 +83,7 @@ pub async fn run(args: StatsArgs) -> anyhow::Result<()> {
     let from = from.map(|t| parse_time("--from", &t)).transpose()?;
     let request = pb::GetTaskStatsRequest {
         task: args.task.clone(),
-        filter: args.filter.iter().cloned().collect::<HashMap<_, _>>(),
+        filter: args.filter.iter().cloned().collect::<BTreeMap<_, _>>(),
         from: from.map(crate::grpc::convert::micros_timestamp),
         to: to.map(crate::grpc::convert::micros_timestamp),
         percentiles: args.percentiles.clone(),

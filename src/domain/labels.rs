@@ -64,7 +64,20 @@ impl Labels {
         max_labels: usize,
         max_value_bytes: usize,
     ) -> Result<Self, DomainError> {
-        let map: BTreeMap<String, String> = map.into_iter().collect();
+        Self::parse_map(field, map.into_iter().collect(), max_labels, max_value_bytes)
+    }
+
+    /// [`Self::parse`] for labels already in a map (as protobuf decodes them): the map
+    /// becomes the labels as it is.
+    ///
+    /// # Errors
+    /// The first violation found, naming the label.
+    pub fn parse_map(
+        field: &str,
+        map: BTreeMap<String, String>,
+        max_labels: usize,
+        max_value_bytes: usize,
+    ) -> Result<Self, DomainError> {
         if map.len() > max_labels {
             return Err(DomainError::TooMany {
                 field: field.to_owned(),

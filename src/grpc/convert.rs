@@ -1,7 +1,7 @@
 //! The one place that maps between protobuf messages and domain types. Every error
 //! names the field as the client sent it (`events[3].finish.outcome`).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use crate::domain::{
     DEFAULT_PERCENTILES, DomainError, EventKind, InstanceId, LabelFilter, Labels, Limits, MICROS_PER_SEC, Micros,
@@ -146,7 +146,7 @@ pub fn event(index: usize, e: pb::TaskEvent, ctx: &EventContext) -> Result<TaskE
     };
     // Labels on a finish are ignored (the start's labels name the series) but still checked,
     // so a client learns about a bad label on the first event that carries it.
-    let labels = Labels::parse(
+    let labels = Labels::parse_map(
         "labels",
         e.labels,
         ctx.limits.max_labels,
@@ -167,7 +167,7 @@ pub fn event(index: usize, e: pb::TaskEvent, ctx: &EventContext) -> Result<TaskE
 #[derive(Debug)]
 pub struct SelectorParts {
     pub task: String,
-    pub filter: HashMap<String, String>,
+    pub filter: BTreeMap<String, String>,
     pub from: Option<prost_types::Timestamp>,
     pub to: Option<prost_types::Timestamp>,
     pub percentiles: Vec<f64>,
@@ -294,7 +294,7 @@ mod tests {
             task: task.into(),
             instance_id: id.into(),
             at: None,
-            labels: HashMap::new(),
+            labels: BTreeMap::new(),
             kind: Some(pb::task_event::Kind::Start(pb::Start {})),
         }
     }
@@ -355,7 +355,7 @@ mod tests {
         let err = selector(
             SelectorParts {
                 task: "".into(),
-                filter: HashMap::new(),
+                filter: BTreeMap::new(),
                 from: Some(micros_timestamp(NOW)),
                 to: Some(micros_timestamp(NOW - 1)),
                 percentiles: vec![0.0, 101.0],

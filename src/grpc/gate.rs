@@ -1,7 +1,7 @@
 //! `tasktime.v1.GateService`: validates a gate request, reads both arms of every task
 //! from the store, and lets the pure [`crate::gate`] statistics judge them.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use tonic::{Request, Response, Status};
 
@@ -487,7 +487,7 @@ fn selector_pb(arm: &Arm, window: Option<TimeRange>) -> pb::Selector {
             .filter
             .iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect::<HashMap<_, _>>(),
+            .collect::<BTreeMap<_, _>>(),
         from: Some(convert::micros_timestamp(range.from)),
         to: Some(convert::micros_timestamp(range.to)),
     }
@@ -621,7 +621,7 @@ mod tests {
         let mut r = request();
         r.tasks = vec!["checkout".into(), "Check Out".into(), "checkout".into()];
         r.candidate = Some(pb::Selector {
-            filter: HashMap::new(),
+            filter: BTreeMap::new(),
             from: Some(convert::micros_timestamp(NOW)),
             to: Some(convert::micros_timestamp(NOW - 1)),
         });

@@ -46,7 +46,7 @@ async fn a_mixed_batch_applies_the_valid_events_and_names_each_bad_one(backend: 
         let t = now() - 10 * MINUTE;
         let long_value = "x".repeat(300);
         let many: Vec<(String, String)> = (0..65).map(|i| (format!("k{i}"), "v".to_owned())).collect();
-        let many_labels: std::collections::HashMap<String, String> = many.into_iter().collect();
+        let many_labels: std::collections::BTreeMap<String, String> = many.into_iter().collect();
 
         // The index in the comment is the event's index in the batch; reasons must name it.
         let cases = vec![

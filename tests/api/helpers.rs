@@ -7,7 +7,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -414,7 +414,7 @@ pub fn dur(us: i64) -> prost_types::Duration {
     }
 }
 
-pub fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
@@ -433,7 +433,7 @@ pub fn finish(task: &str, id: &str, at: i64, outcome: pb::Outcome) -> pb::TaskEv
         task: task.into(),
         instance_id: id.into(),
         at: Some(ts(at)),
-        labels: HashMap::new(),
+        labels: Default::default(),
         kind: Some(pb::task_event::Kind::Finish(pb::Finish {
             outcome: outcome as i32,
         })),
