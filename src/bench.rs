@@ -422,6 +422,31 @@ fn intended(started: Instant, k: u64, per_worker: f64) -> Instant {
     started + Duration::from_secs_f64(k as f64 / per_worker)
 }
 
+/// Wakes an open-loop worker at each intended send time, from a thread of its own:
+/// tokio's timer rounds a sleep up to the next millisecond, so a worker sleeping on it
+/// sent up to 1 ms late, and its latency (from the intended time) counted that too. A
+/// thread sleeping with the OS timer wakes within tens of microseconds. The channel
+/// closes once the deadline has passed.
+fn pacer(started: Instant, deadline: Instant, per_worker: f64) -> tokio::sync::mpsc::UnboundedReceiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for k in 0.. {
+            let due = intended(started, k, per_worker);
+            if due >= deadline {
+                break;
+            }
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 async fn worker(
     config: &BenchConfig,
     w: usize,
@@ -464,6 +489,7 @@ async fn unary_worker(
     let mut k: u64 = 0;
     let batch = effective_batch(config).max(1);
     let mut rng = StdRng::seed_from_u64(config.seed.wrapping_add(w as u64));
+    let mut ticks = per_worker.map(|r| pacer(started, deadline, r));
     loop {
         let now = Instant::now();
         let next_due = per_worker.map(|r| intended(started, k, r));
@@ -539,9 +565,18 @@ async fn unary_worker(
                 }
             }
             () = async {
-                match wake {
-                    Some(due) => tokio::time::sleep_until(due.into()).await,
-                    None => tokio::time::sleep_until(deadline.into()).await,
+                match (wake, ticks.as_mut()) {
+                    // The pacer's tick for the next send (a late worker finds several
+                    // queued: each wakes it once more, to send what is due).
+                    (Some(_), Some(rx)) => {
+                        if rx.recv().await.is_none() {
+                            tokio::time::sleep_until(deadline.into()).await;
+                        }
+                    }
+                    (Some(due), None) => tokio::time::sleep_until(due.into()).await,
+                    // Past the deadline only replies are awaited (no busy loop).
+                    (None, _) if now >= deadline => std::future::pending().await,
+                    (None, _) => tokio::time::sleep_until(deadline.into()).await,
                 }
             } => {}
         }
@@ -625,6 +660,23 @@ async fn stream_worker(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_pacer_ticks_once_per_intended_send_before_the_deadline_then_closes() {
+        let started = Instant::now();
+        // 200 per second for 100 ms: sends 0 to 19 are due before the deadline.
+        let deadline = started + Duration::from_millis(100);
+        let mut ticks = pacer(started, deadline, 200.0);
+        let mut n = 0;
+        while ticks.recv().await.is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 20);
+        assert!(
+            Instant::now() >= intended(started, 19, 200.0),
+            "no tick before its time"
+        );
+    }
 
     #[test]
     fn pairs_finish_only_instances_started_finish_lag_batches_earlier() {
