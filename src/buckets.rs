@@ -99,6 +99,18 @@ impl BucketRef {
     }
 }
 
+/// The buckets an increment filed in the minute starting at `minute_start` (seconds) is
+/// added to: the minute itself, the hour and the day holding it, those still kept at
+/// `now_secs`, each with its expiry (seconds since the epoch). Increments travel per
+/// minute and are rolled up into the coarser buckets only where they are applied.
+pub fn roll_up(retention: &Retention, minute_start: i64, now_secs: i64) -> impl Iterator<Item = (BucketRef, i64)> + '_ {
+    Resolution::ALL.into_iter().filter_map(move |res| {
+        let start = minute_start.div_euclid(res.secs()) * res.secs();
+        let expires = retention.expires_at(res, start);
+        (expires > now_secs).then_some((BucketRef { res, start }, expires))
+    })
+}
+
 /// The buckets that cover `[from_secs, to_secs)`, and the range they actually cover.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cover {

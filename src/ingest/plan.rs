@@ -204,123 +204,150 @@ impl std::fmt::Display for Field {
     }
 }
 
-/// One bucket, before it is named.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct BucketKey {
-    bucket: BucketRef,
-    series: SeriesId,
-}
-
-/// The increments of one bucket: its expiry (ms since the epoch) and field -> delta.
-type FieldSums = (i64, FxHashMap<Field, i64>);
-
-/// A round's counter and histogram increments per (bucket, field): every series' bucket,
-/// and for every bucket touched the same increments summed over the series into the
-/// task's total for the bucket (what a query with no label filter reads: one hash per
-/// bucket, however many series). Keys and fields stay structured (and hashed cheaply)
-/// until they are written out.
+/// A round's counter and histogram increments, per series and minute: field -> delta.
+///
+/// They are filed under the minute only; where they are applied (the embedded store, or
+/// the fold of the Redis journal) each minute's increments are rolled up into the hour
+/// and the day holding it, and summed over the series into the task's totals (what a
+/// query with no label filter reads). A round files each field once instead of six times,
+/// and its journal entry is a sixth of the size. Keys and fields stay structured (and
+/// hashed cheaply) until they are written out.
 #[derive(Debug, Default)]
 pub struct Increments {
     namespace: String,
-    hashes: FxHashMap<BucketKey, FieldSums>,
-    totals: FxHashMap<BucketRef, FieldSums>,
+    retention: Retention,
+    now_secs: i64,
+    minutes: FxHashMap<(i64, SeriesId), FxHashMap<Field, i64>>,
+}
+
+/// Increments rolled up into whole buckets: (bucket, series or `None` for the task's
+/// total) -> (expiry, seconds since the epoch; field -> delta).
+pub(crate) type RolledUp<F> = FxHashMap<(BucketRef, Option<SeriesId>), (i64, FxHashMap<F, i64>)>;
+
+/// Adds one series' increments of the minute starting at `minute_start` to `out`: to the
+/// series' minute, hour and day buckets and to the task's totals of each, those still
+/// kept at `now_secs` ([`crate::buckets::roll_up`]).
+pub(crate) fn roll_up_into<'f, F: Clone + Eq + std::hash::Hash + 'f>(
+    out: &mut RolledUp<F>,
+    retention: &Retention,
+    now_secs: i64,
+    (minute_start, series): (i64, SeriesId),
+    fields: impl Iterator<Item = (&'f F, &'f i64)> + Clone,
+) {
+    for (bucket, expires) in crate::buckets::roll_up(retention, minute_start, now_secs) {
+        for target in [Some(series), None] {
+            let (_, sums) = out
+                .entry((bucket, target))
+                .or_insert_with(|| (expires, FxHashMap::default()));
+            for (field, delta) in fields.clone() {
+                match sums.get_mut(field) {
+                    Some(sum) => *sum += *delta,
+                    None => {
+                        sums.insert(field.clone(), *delta);
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Increments {
     /// Whether the round changes no counter.
     pub fn is_empty(&self) -> bool {
-        self.hashes.is_empty()
+        self.minutes.is_empty()
     }
 
-    /// Every hash's increments, keyed by the hash's full key (task `prefix` included).
+    /// Every hash's increments, rolled up, keyed by the hash's full key (task `prefix`
+    /// included).
     pub fn hash_writes(&self, prefix: &str) -> Vec<HashWrite> {
-        let named = |bucket: BucketRef, series: Option<SeriesId>, (expire_at_ms, fields): &FieldSums| {
-            let mut key = format!("{prefix}:");
-            keys::write_bucket_suffix(&mut key, &self.namespace, bucket, series);
-            HashWrite {
-                key,
-                expire_at_ms: *expire_at_ms,
-                fields: fields.iter().map(|(f, d)| (f.to_string(), *d)).collect(),
-            }
-        };
-        self.hashes
-            .iter()
-            .map(|(k, sums)| named(k.bucket, Some(k.series), sums))
-            .chain(self.totals.iter().map(|(b, sums)| named(*b, None, sums)))
+        let mut rolled: RolledUp<Field> = FxHashMap::default();
+        for (minute, fields) in &self.minutes {
+            roll_up_into(&mut rolled, &self.retention, self.now_secs, *minute, fields.iter());
+        }
+        rolled
+            .into_iter()
+            .map(|((bucket, series), (expires, fields))| {
+                let mut key = format!("{prefix}:");
+                keys::write_bucket_suffix(&mut key, &self.namespace, bucket, series);
+                HashWrite {
+                    key,
+                    expire_at_ms: expires * 1000,
+                    fields: fields.iter().map(|(f, d)| (f.to_string(), *d)).collect(),
+                }
+            })
             .collect()
     }
 
-    /// Appends one line per hash to `out`, each after a newline: the key after the task
-    /// prefix, the expiry and `field delta` pairs, separated by spaces (the journal's
-    /// entry format, `store/journal.rs`), formatted straight into `out`.
+    /// Appends one line per series and minute to `out`, each after a newline: the key of
+    /// the series' minute bucket without the task prefix, then `field delta` pairs,
+    /// separated by spaces (the journal's entry format, `store/journal.rs`), formatted
+    /// straight into `out`.
     pub fn write_lines(&self, out: &mut String) {
         // Numbers through itoa and names pushed as they are: `write!` per field was most
         // of the cost of a round's entry.
         let mut buf = itoa::Buffer::new();
-        let mut line = |bucket: BucketRef, series: Option<SeriesId>, (expire_at_ms, fields): &FieldSums| {
+        for ((minute_start, series), fields) in &self.minutes {
             out.push('\n');
-            keys::write_bucket_suffix(out, &self.namespace, bucket, series);
-            out.push(' ');
-            out.push_str(buf.format(*expire_at_ms));
+            let bucket = BucketRef {
+                res: Resolution::Minute,
+                start: *minute_start,
+            };
+            keys::write_bucket_suffix(out, &self.namespace, bucket, Some(*series));
             for (f, d) in fields {
                 out.push(' ');
                 f.push_name(out, &mut buf);
                 out.push(' ');
                 out.push_str(buf.format(*d));
             }
-        };
-        for (k, sums) in &self.hashes {
-            line(k.bucket, Some(k.series), sums);
-        }
-        for (b, sums) in &self.totals {
-            line(*b, None, sums);
         }
     }
 }
 
-/// Files increments under the buckets each resolution keeps.
+/// Files increments under their series and minute.
 struct Filer<'a> {
     sem: &'a Semantics,
-    now_secs: i64,
     inc: Increments,
+    /// The last minute filed, and whether any resolution still keeps it.
+    last_minute: Option<(i64, bool)>,
 }
 
 impl<'a> Filer<'a> {
     fn new(sem: &'a Semantics, now: Micros) -> Self {
         Filer {
             sem,
-            now_secs: now.div_euclid(MICROS_PER_SEC),
             inc: Increments {
                 namespace: sem.histogram.namespace(),
-                ..Increments::default()
+                retention: sem.retention,
+                now_secs: now.div_euclid(MICROS_PER_SEC),
+                minutes: FxHashMap::default(),
             },
+            last_minute: None,
         }
     }
 
-    /// Adds `delta` to `field` of `series`' bucket, and of the task's total, at
-    /// every resolution still kept for time `at`.
+    /// Adds `delta` to `field` of `series` in the minute holding time `at`, unless no
+    /// resolution keeps that minute any more.
     fn add(&mut self, at: Micros, series: SeriesId, field: Field, delta: i64) {
-        for res in Resolution::ALL {
-            let bucket = BucketRef {
-                res,
-                start: res.bucket_start(at),
-            };
-            let expires = self.sem.retention.expires_at(res, bucket.start);
-            if expires <= self.now_secs {
-                continue; // too old for this resolution: nothing keeps it
+        let minute = Resolution::Minute.bucket_start(at);
+        let kept = match self.last_minute {
+            Some((m, kept)) if m == minute => kept,
+            _ => {
+                let inc = &self.inc;
+                let kept = crate::buckets::roll_up(&inc.retention, minute, inc.now_secs)
+                    .next()
+                    .is_some();
+                self.last_minute = Some((minute, kept));
+                kept
             }
-            let hash = self
+        };
+        if kept {
+            *self
                 .inc
-                .hashes
-                .entry(BucketKey { bucket, series })
-                .or_insert_with(|| (expires * 1000, FxHashMap::default()));
-            *hash.1.entry(field).or_default() += delta;
-            let total = self
-                .inc
-                .totals
-                .entry(bucket)
-                .or_insert_with(|| (expires * 1000, FxHashMap::default()));
-            *total.1.entry(field).or_default() += delta;
+                .minutes
+                .entry((minute, series))
+                .or_default()
+                .entry(field)
+                .or_default() += delta;
         }
     }
 

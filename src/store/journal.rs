@@ -13,26 +13,39 @@
 //! another flusher got there first and nothing happens). A query reads the journal beside
 //! the buckets and adds it in, so it sees every acknowledged event, folded or not.
 //!
-//! An entry is text: a line with its token (unique per round), then one line per hash:
-//! the key without the task prefix, its expiry (ms since the epoch) and `field delta`
-//! pairs, separated by spaces (no key suffix or field contains one).
+//! An entry is text: a line with its token (unique per round), then one line per series
+//! and minute: the key of the series' minute bucket without the task prefix, then
+//! `field delta` pairs, separated by spaces (no key or field contains one). Where an
+//! entry is applied, each line is rolled up into the hour and the day holding its minute
+//! and into the task's totals ([`crate::ingest::plan::roll_up_into`]), with the expiries
+//! the folding replica's retention gives them.
 
 use rustc_hash::FxHashMap;
 
-use crate::ingest::plan::Increments;
+#[cfg(test)]
+use crate::buckets::BucketRef;
+use crate::buckets::{Resolution, Retention};
+use crate::domain::SeriesId;
+use crate::ingest::plan::{Increments, RolledUp, roll_up_into};
+use crate::store::keys;
 
 /// The summed increments of one bucket: its expiry (ms since the epoch), field -> delta.
 pub(crate) type BucketSums = (i64, FxHashMap<String, i64>);
 
-/// The increments of one or more entries, summed: key suffix -> [`BucketSums`].
+/// One histogram namespace's sums: (minute start, series) -> field -> delta.
+type MinuteSums = FxHashMap<(i64, SeriesId), FxHashMap<String, i64>>;
+
+/// The increments of one or more entries, summed per histogram namespace, series and
+/// minute; [`Sums::buckets`] rolls them up into the buckets they are added to.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Sums {
-    pub(crate) hashes: FxHashMap<String, BucketSums>,
+    minutes: FxHashMap<String, MinuteSums>,
+    fields: usize,
 }
 
 /// Encodes one round's increments as a journal entry.
 pub(crate) fn encode(token: &str, increments: &Increments) -> String {
-    let mut out = String::with_capacity(4096);
+    let mut out = String::with_capacity(1024);
     out.push_str(token);
     increments.write_lines(&mut out);
     out
@@ -43,8 +56,8 @@ pub(crate) fn token(entry: &str) -> &str {
     entry.split('\n').next().unwrap_or("")
 }
 
-/// One hash of an entry, parsed: key suffix, expiry ms, (field, delta) pairs.
-type HashLine<'a> = (&'a str, i64, Vec<(&'a str, i64)>);
+/// One line of an entry, parsed: namespace, (minute start, series), (field, delta) pairs.
+type Line<'a> = (&'a str, (i64, SeriesId), Vec<(&'a str, i64)>);
 
 /// Why an entry could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +65,19 @@ type HashLine<'a> = (&'a str, i64, Vec<(&'a str, i64)>);
 pub(crate) struct BadEntry {
     token: String,
     why: String,
+}
+
+/// Parses the key of a series' minute bucket (`<namespace>:b:m:<start>:<series>`).
+fn parse_minute_key(key: &str) -> Option<(&str, (i64, SeriesId))> {
+    let mut parts = key.split(':');
+    let namespace = parts.next().filter(|n| !n.is_empty())?;
+    if (parts.next(), parts.next()) != (Some("b"), Some(Resolution::Minute.code())) {
+        return None;
+    }
+    let start: i64 = parts.next()?.parse().ok()?;
+    let series = SeriesId::from_hex(parts.next()?)?;
+    let minute = Resolution::Minute.secs();
+    (parts.next().is_none() && start.rem_euclid(minute) == 0).then_some((namespace, (start, series)))
 }
 
 impl Sums {
@@ -65,17 +91,12 @@ impl Sums {
             why,
         };
         // Parse everything first, so a bad entry adds nothing.
-        let mut parsed: Vec<HashLine<'_>> = Vec::new();
+        let mut parsed: Vec<Line<'_>> = Vec::new();
         for line in entry.split('\n').skip(1) {
             let mut words = line.split(' ');
-            let key = words
-                .next()
-                .filter(|k| !k.is_empty())
-                .ok_or_else(|| bad("empty line".into()))?;
-            let expire: i64 = words
-                .next()
-                .and_then(|w| w.parse().ok())
-                .ok_or_else(|| bad(format!("no expiry for `{key}`")))?;
+            let key = words.next().unwrap_or_default();
+            let (namespace, minute) = parse_minute_key(key)
+                .ok_or_else(|| bad(format!("`{key}` is not the key of a series' minute bucket")))?;
             let mut fields = Vec::new();
             while let Some(field) = words.next() {
                 let delta: i64 = words
@@ -84,20 +105,21 @@ impl Sums {
                     .ok_or_else(|| bad(format!("no delta for `{key}` `{field}`")))?;
                 fields.push((field, delta));
             }
-            parsed.push((key, expire, fields));
+            parsed.push((namespace, minute, fields));
         }
-        for (key, expire, fields) in parsed {
-            let slot = self
-                .hashes
-                .entry(key.to_owned())
-                .or_insert_with(|| (expire, FxHashMap::default()));
-            slot.0 = slot.0.max(expire);
+        for (namespace, minute, fields) in parsed {
+            let minutes = match self.minutes.get_mut(namespace) {
+                Some(minutes) => minutes,
+                None => self.minutes.entry(namespace.to_owned()).or_default(),
+            };
+            let sums = minutes.entry(minute).or_default();
             for (field, delta) in fields {
                 // `entry(field.to_owned())` would allocate for every field seen again.
-                match slot.1.get_mut(field) {
+                match sums.get_mut(field) {
                     Some(v) => *v += delta,
                     None => {
-                        slot.1.insert(field.to_owned(), delta);
+                        sums.insert(field.to_owned(), delta);
+                        self.fields += 1;
                     }
                 }
             }
@@ -105,16 +127,42 @@ impl Sums {
         Ok(())
     }
 
-    /// How many fields the sums touch, over all hashes.
+    /// How many distinct (series, minute, field) the sums hold.
     pub(crate) fn fields(&self) -> usize {
-        self.hashes.values().map(|(_, f)| f.len()).sum()
+        self.fields
     }
 
-    /// The sum of `field` of the hash `suffix`, if any entry touched it.
+    /// Whether no entry added anything.
     #[cfg(test)]
-    pub(crate) fn get(&self, suffix: &str, field: &str) -> Option<i64> {
-        self.hashes.get(suffix)?.1.get(field).copied()
+    pub(crate) fn is_empty(&self) -> bool {
+        self.minutes.is_empty()
     }
+
+    /// The sums rolled up into the buckets they are added to, those still kept at
+    /// `now_secs`: key without the task prefix -> [`BucketSums`].
+    pub(crate) fn buckets(&self, retention: &Retention, now_secs: i64) -> FxHashMap<String, BucketSums> {
+        let mut out = FxHashMap::default();
+        for (namespace, minutes) in &self.minutes {
+            let mut rolled: RolledUp<String> = FxHashMap::default();
+            for (minute, fields) in minutes {
+                roll_up_into(&mut rolled, retention, now_secs, *minute, fields.iter());
+            }
+            for ((bucket, series), (expires, fields)) in rolled {
+                let mut key = String::with_capacity(48);
+                keys::write_bucket_suffix(&mut key, namespace, bucket, series);
+                out.insert(key, (expires * 1000, fields));
+            }
+        }
+        out
+    }
+}
+
+/// A bucket named as [`Sums::buckets`] names it, for tests.
+#[cfg(test)]
+fn suffix(bucket: BucketRef, series: Option<SeriesId>) -> String {
+    let mut key = String::new();
+    keys::write_bucket_suffix(&mut key, "d2r1", bucket, series);
+    key
 }
 
 #[cfg(test)]
@@ -124,21 +172,58 @@ mod tests {
     const P: &str = "tt:v2:{default|checkout}";
 
     #[test]
-    fn entries_sum_per_hash_and_field() {
-        let a = "tok-1\nd2r1:b:m:60:0000000000000007 1000 started 2 s:1234 1\nd2r1:t:m:60 1000 started 2";
-        let b = "tok-2\nd2r1:b:m:60:0000000000000007 1000 s:1234 3 sum:s -5";
+    fn entries_sum_per_series_minute_and_field_and_roll_up_into_hours_days_and_totals() {
+        let a = "tok-1\nd2r1:b:m:60:0000000000000007 started 2 s:1234 1";
+        let b = "tok-2\nd2r1:b:m:60:0000000000000007 s:1234 3 sum:s -5\nd2r1:b:m:120:0000000000000008 started 1";
         assert_eq!(token(a), "tok-1");
         assert_eq!(token(b), "tok-2");
         let mut sums = Sums::default();
         sums.add_entry(a).unwrap();
         sums.add_entry(b).unwrap();
-        assert_eq!(sums.hashes.len(), 2);
-        assert_eq!(sums.fields(), 4);
-        assert_eq!(sums.get("d2r1:b:m:60:0000000000000007", "started"), Some(2));
-        assert_eq!(sums.get("d2r1:b:m:60:0000000000000007", "s:1234"), Some(4));
-        assert_eq!(sums.get("d2r1:b:m:60:0000000000000007", "sum:s"), Some(-5));
-        assert_eq!(sums.get("d2r1:t:m:60", "started"), Some(2));
-        assert_eq!(sums.hashes["d2r1:t:m:60"].0, 1000);
+        assert_eq!(sums.fields(), 4, "started, s:1234 and sum:s of series 7, started of 8");
+        let retention = Retention::default();
+        let buckets = sums.buckets(&retention, 1_000);
+        let minute = |start| BucketRef {
+            res: Resolution::Minute,
+            start,
+        };
+        let (hour, day) = (
+            BucketRef {
+                res: Resolution::Hour,
+                start: 0,
+            },
+            BucketRef {
+                res: Resolution::Day,
+                start: 0,
+            },
+        );
+        let get = |key: String, field: &str| buckets.get(&key).and_then(|(_, f)| f.get(field).copied());
+        let (s7, s8) = (Some(SeriesId(7)), Some(SeriesId(8)));
+        assert_eq!(get(suffix(minute(60), s7), "started"), Some(2));
+        assert_eq!(get(suffix(minute(60), s7), "s:1234"), Some(4));
+        assert_eq!(get(suffix(minute(60), s7), "sum:s"), Some(-5));
+        assert_eq!(get(suffix(minute(120), s8), "started"), Some(1));
+        assert_eq!(get(suffix(minute(60), None), "started"), Some(2));
+        for coarse in [hour, day] {
+            assert_eq!(get(suffix(coarse, s7), "started"), Some(2));
+            assert_eq!(get(suffix(coarse, s8), "started"), Some(1));
+            assert_eq!(get(suffix(coarse, None), "started"), Some(3), "the task's total");
+            assert_eq!(get(suffix(coarse, None), "s:1234"), Some(4));
+        }
+        // Minutes: two of series, two of the total; hour and day: two series and the total.
+        assert_eq!(buckets.len(), 4 + 3 + 3, "{buckets:?}");
+        assert_eq!(
+            buckets[&suffix(minute(60), s7)].0,
+            (60 + 60 + Retention::DEFAULT_MINUTE_SECS) * 1000
+        );
+        assert_eq!(
+            buckets[&suffix(day, None)].0,
+            (86_400 + Retention::DEFAULT_DAY_SECS) * 1000
+        );
+        // Once minute buckets of that age are no longer kept, only hours and days are.
+        let later = sums.buckets(&retention, 120 + 60 + Retention::DEFAULT_MINUTE_SECS);
+        assert!(later.keys().all(|k| !k.contains(":m:")), "{later:?}");
+        assert_eq!(later.len(), 2 * 3);
     }
 
     /// A round's entry holds exactly the increments the plan names per hash (what the
@@ -147,7 +232,6 @@ mod tests {
     fn a_rounds_entry_holds_its_plans_increments() {
         use std::sync::Arc;
 
-        use crate::buckets::Retention;
         use crate::domain::{EventKind, InstanceId, Labels, MICROS_PER_SEC, Outcome, TaskEvent, TaskName, Tenant};
         use crate::histogram::HistogramConfig;
         use crate::ingest::plan::{self, Semantics};
@@ -184,25 +268,22 @@ mod tests {
         let entry = encode("tok", &plan.increments);
         let mut sums = Sums::default();
         sums.add_entry(&entry).unwrap();
+        let buckets = sums.buckets(&sem.retention, now / MICROS_PER_SEC);
         let writes = plan.increments.hash_writes(P);
         assert!(
             writes.len() >= 9,
             "2 series and the total, at 3 resolutions: {}",
             writes.len()
         );
-        assert_eq!(sums.hashes.len(), writes.len());
+        assert_eq!(buckets.len(), writes.len());
         for w in writes {
             let suffix = w.key.strip_prefix(&format!("{P}:")).expect("the task's key");
-            let (expire, fields) = &sums.hashes[suffix];
+            let (expire, fields) = &buckets[suffix];
             assert_eq!(*expire, w.expire_at_ms, "{suffix}");
             let want: FxHashMap<String, i64> = w.fields.into_iter().collect();
             assert_eq!(fields, &want, "{suffix}");
         }
-        let total_day = sums
-            .hashes
-            .iter()
-            .find(|(k, _)| k.contains(":t:d:"))
-            .expect("a day total");
+        let total_day = buckets.iter().find(|(k, _)| k.contains(":t:d:")).expect("a day total");
         assert_eq!(total_day.1.1["started"], 3);
         assert_eq!(total_day.1.1["s"], 2);
         assert_eq!(total_day.1.1["f"], 1);
@@ -214,17 +295,33 @@ mod tests {
         assert_eq!(e, "tok");
         let mut sums = Sums::default();
         sums.add_entry(&e).unwrap();
-        assert!(sums.hashes.is_empty());
+        assert!(sums.is_empty());
+        assert!(sums.buckets(&Retention::default(), 0).is_empty());
     }
 
     #[test]
     fn a_damaged_entry_is_refused_whole_and_named() {
         let mut sums = Sums::default();
         let err = sums
-            .add_entry("tok-9\nd2r1:t:m:60 1000 started 1\nd2r1:t:h:0 1000 started")
+            .add_entry("tok-9\nd2r1:b:m:60:0000000000000007 started 1\nd2r1:b:m:0:0000000000000007 started")
             .unwrap_err();
         assert!(err.to_string().contains("tok-9"), "{err}");
         assert!(err.to_string().contains("no delta"), "{err}");
-        assert!(sums.hashes.is_empty(), "nothing of a bad entry is added");
+        assert!(sums.is_empty(), "nothing of a bad entry is added");
+        // A line that does not name a series' minute (an earlier format named every bucket,
+        // with its expiry) is refused, not misread.
+        for line in [
+            "d2r1:t:m:60 1000 started 1",
+            "d2r1:b:h:0:0000000000000007 started 1",
+            "d2r1:b:m:61:0000000000000007 started 1",
+            "d2r1:b:m:60:xyz started 1",
+        ] {
+            let err = sums.add_entry(&format!("tok-8\n{line}")).unwrap_err();
+            assert!(
+                err.to_string().contains("not the key of a series' minute bucket"),
+                "{line}: {err}"
+            );
+        }
+        assert!(sums.is_empty(), "nothing of a bad entry is added");
     }
 }

@@ -21,7 +21,7 @@ use redis::{AsyncCommands as _, RedisError};
 use super::bucket;
 use super::journal::{self, BucketSums, Sums};
 use super::{FieldMap, Store, StoreError, group_by_task, keys, parse_series};
-use crate::domain::{Labels, Micros, SeriesId, TaskEvent, TaskName, Tenant};
+use crate::domain::{Labels, MICROS_PER_SEC, Micros, SeriesId, TaskEvent, TaskName, Tenant, now_micros};
 use crate::ingest::plan::{self, Disposition, InstanceState, Plan, Semantics};
 
 /// How often a round is re-planned after other replicas changed its instances.
@@ -196,10 +196,11 @@ const FOLD_QUIET: Duration = Duration::from_millis(500);
 const FOLD_DELAY: Duration = Duration::from_secs(5);
 /// Most journal entries read at once.
 const FOLD_MAX_ENTRIES: isize = 512;
-/// Fields one fold sums, at most (unless one entry alone has more), before it writes
-/// them: this bounds the buckets one fold script writes (a script blocks Redis while it
-/// runs, though writing a whole bucket is one `SET`).
-const FOLD_MAX_FIELDS: usize = 20_000;
+/// Distinct (series, minute, field) one fold sums, at most (unless one entry alone has
+/// more), before it writes them: this bounds the buckets one fold script writes (a
+/// script blocks Redis while it runs, though writing a whole bucket is one `SET`). Each
+/// rolls up into as many as six buckets.
+const FOLD_MAX_FIELDS: usize = 5_000;
 /// Journals folded at once by the flusher: few, so folds do not queue up behind each
 /// other in Redis.
 const FOLD_CONCURRENCY: usize = 2;
@@ -236,6 +237,11 @@ fn store_error(e: RedisError) -> StoreError {
         }
         _ => StoreError::Internal(format!("Redis: {e}")),
     }
+}
+
+/// Seconds since the epoch, by this replica's clock (what Redis expires keys by).
+fn unix_now_secs() -> i64 {
+    now_micros().div_euclid(MICROS_PER_SEC)
 }
 
 /// How far replicas' clocks may disagree (NTP keeps them within milliseconds): near a
@@ -466,8 +472,8 @@ impl RedisStore {
             }
             // Read the buckets, add, write them back whole: the script writes them only if
             // no other fold ran in between (see `lua/flush.lua`).
-            let hashes: Vec<(String, &BucketSums)> = sums
-                .hashes
+            let rolled = sums.buckets(&self.sem.retention, unix_now_secs());
+            let hashes: Vec<(String, &BucketSums)> = rolled
                 .iter()
                 .map(|(suffix, sums)| (format!("{prefix}:{suffix}"), sums))
                 .collect();
@@ -535,11 +541,12 @@ impl RedisStore {
             for entry in &entries {
                 sums.add_entry(entry).map_err(|e| StoreError::Internal(e.to_string()))?;
             }
+            let rolled = sums.buckets(&self.sem.retention, unix_now_secs());
             for (key, map) in keys.iter().zip(&mut out) {
                 let Some(suffix) = key.strip_prefix(prefix).and_then(|k| k.strip_prefix(':')) else {
                     continue;
                 };
-                if let Some((_, fields)) = sums.hashes.get(suffix) {
+                if let Some((_, fields)) = rolled.get(suffix) {
                     for (field, delta) in fields {
                         *map.entry(field.clone()).or_default() += delta;
                     }
