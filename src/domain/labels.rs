@@ -19,7 +19,18 @@ pub struct SeriesId(pub u64);
 impl SeriesId {
     /// Fixed-width lowercase hex, as used in storage keys.
     pub fn to_hex(self) -> String {
-        format!("{:016x}", self.0)
+        let mut out = String::with_capacity(16);
+        self.push_hex(&mut out);
+        out
+    }
+
+    /// Appends [`Self::to_hex`] to `out` (without `fmt`: storage keys and records name a
+    /// series for every event).
+    pub fn push_hex(self, out: &mut String) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for shift in (0..16).rev() {
+            out.push(char::from(DIGITS[((self.0 >> (shift * 4)) & 0xf) as usize]));
+        }
     }
 
     /// Parses [`Self::to_hex`] output.
@@ -220,6 +231,9 @@ mod tests {
         }
         let id = labels(&[("release", "2.4.0")]).series_id();
         assert_eq!(SeriesId::from_hex(&id.to_hex()), Some(id));
+        for id in [0, 7, 0xdead_beef, u64::MAX, id.0] {
+            assert_eq!(SeriesId(id).to_hex(), format!("{id:016x}"));
+        }
     }
 
     #[test]

@@ -66,9 +66,25 @@ pub enum InstanceState {
 impl InstanceState {
     /// Compact text form stored in Redis.
     pub fn encode(&self) -> String {
+        // Without `format!`: one of these is made for every event.
+        let mut buf = itoa::Buffer::new();
         match self {
-            InstanceState::Open { start, series } => format!("S|{start}|{}", series.to_hex()),
-            InstanceState::PendingFinish { finish, outcome } => format!("F|{finish}|{}", outcome.code()),
+            InstanceState::Open { start, series } => {
+                let mut out = String::with_capacity(40);
+                out.push_str("S|");
+                out.push_str(buf.format(*start));
+                out.push('|');
+                series.push_hex(&mut out);
+                out
+            }
+            InstanceState::PendingFinish { finish, outcome } => {
+                let mut out = String::with_capacity(24);
+                out.push_str("F|");
+                out.push_str(buf.format(*finish));
+                out.push('|');
+                out.push_str(outcome.code());
+                out
+            }
             InstanceState::Done => "D".to_owned(),
         }
     }
@@ -401,7 +417,7 @@ fn fmt_time(at: Micros) -> String {
 pub fn plan_task<'a>(
     prefix: &str,
     events: &[(usize, &'a TaskEvent)],
-    read: &RecordsRead<'_>,
+    mut read: RecordsRead<'_>,
     sem: &Semantics,
     now: Micros,
 ) -> Plan {
@@ -415,23 +431,20 @@ pub fn plan_task<'a>(
         let key = event.instance_id.as_str();
         let entry = match current.get(key) {
             Some(entry) => *entry,
-            None => {
-                let raw = read.get(key).cloned().flatten();
-                match raw.as_deref().map(InstanceState::decode) {
-                    None => (None, None),
-                    Some(Some(state)) => (Some(state), None),
-                    Some(None) => {
-                        plan.dispositions.push((
-                            *index,
-                            Disposition::Rejected(format!(
-                                "the stored record of instance `{}` is not readable by this version",
-                                crate::domain::quote(event.instance_id.as_str())
-                            )),
-                        ));
-                        continue;
-                    }
+            None => match read.get(key).and_then(Option::as_deref).map(InstanceState::decode) {
+                None => (None, None),
+                Some(Some(state)) => (Some(state), None),
+                Some(None) => {
+                    plan.dispositions.push((
+                        *index,
+                        Disposition::Rejected(format!(
+                            "the stored record of instance `{}` is not readable by this version",
+                            crate::domain::quote(event.instance_id.as_str())
+                        )),
+                    ));
+                    continue;
                 }
-            }
+            },
         };
         let (state, _) = entry;
         // Only a start or a completed event names its series (a finish's is in its record).
@@ -520,7 +533,7 @@ pub fn plan_task<'a>(
             continue; // unchanged
         };
         plan.instance_writes.push(InstanceWrite {
-            expected: read.get(key).cloned().flatten(),
+            expected: read.remove(key).flatten(),
             id: key.to_owned(),
             new: state.encode(),
             ttl_ms: ttl / 1000,
@@ -586,7 +599,7 @@ mod tests {
                 .into_iter()
                 .map(|id| (id, records.get(id).cloned()))
                 .collect();
-            let plan = plan_task(prefix, &indexed, &read, &sem, T0 + 10 * 3600 * MICROS_PER_SEC);
+            let plan = plan_task(prefix, &indexed, read, &sem, T0 + 10 * 3600 * MICROS_PER_SEC);
             for w in plan.instance_writes {
                 assert_eq!(records.get(&w.id), w.expected.as_ref(), "the plan read what is stored");
                 records.insert(w.id, w.new);

@@ -264,7 +264,7 @@ mod tests {
             .into_iter()
             .map(|id| (id, None))
             .collect();
-        let plan = plan::plan_task(P, &indexed, &read, &sem, now);
+        let plan = plan::plan_task(P, &indexed, read, &sem, now);
         let entry = encode("tok", &plan.increments);
         let mut sums = Sums::default();
         sums.add_entry(&entry).unwrap();

@@ -72,11 +72,14 @@ pub fn bucket(prefix: &str, namespace: &str, bucket: BucketRef, series: SeriesId
 /// Appends the part of a [`bucket`] key (`series` given) or a [`task_total`] key after
 /// the task prefix and its `:` to `out`.
 pub fn write_bucket_suffix(out: &mut String, namespace: &str, bucket: BucketRef, series: Option<SeriesId>) {
-    use std::fmt::Write as _;
-    let kind = if series.is_some() { 'b' } else { 't' };
-    let _ = write!(out, "{namespace}:{kind}:{}:{}", bucket.res.code(), bucket.start);
+    out.push_str(namespace);
+    out.push_str(if series.is_some() { ":b:" } else { ":t:" });
+    out.push_str(bucket.res.code());
+    out.push(':');
+    out.push_str(itoa::Buffer::new().format(bucket.start));
     if let Some(series) = series {
-        let _ = write!(out, ":{:016x}", series.0);
+        out.push(':');
+        series.push_hex(out);
     }
 }
 

@@ -76,7 +76,7 @@ impl MemoryStore {
                     (id, value)
                 })
                 .collect();
-            let plan = plan::plan_task(&prefix, &group, &read, &self.sem, now);
+            let plan = plan::plan_task(&prefix, &group, read, &self.sem, now);
             for w in plan.instance_writes {
                 db.records
                     .insert(keys::instance(&prefix, &w.id), (w.new, now_ms + w.ttl_ms));

@@ -703,7 +703,7 @@ impl RedisStore {
                 let all_ids = plan::instance_ids(group, |_| true);
                 self.read_records(&mut conn, prefix, &all_ids, &live).await?
             };
-            let plan = plan::plan_task(prefix, group, &read, &self.sem, now);
+            let plan = plan::plan_task(prefix, group, read, &self.sem, now);
             if plan.instance_writes.is_empty() && plan.increments.is_empty() {
                 // Only duplicates and rejections: nothing to write, nothing to check.
                 return Ok(plan.dispositions);
@@ -713,9 +713,8 @@ impl RedisStore {
             } else {
                 journal::encode(&self.next_token(), &plan.increments)
             };
-            let reply: Vec<i64> = self
-                .invocation(prefix, &plan, &live, &entry)
-                .invoke_async(&mut conn)
+            let commit = self.invocation(prefix, &plan, &live, &entry);
+            let reply: Vec<i64> = Self::eval(&mut conn, &self.script, &commit)
                 .await
                 .map_err(store_error)?;
             if let [0, journal_len] = reply[..] {
@@ -791,30 +790,62 @@ impl RedisStore {
         Ok(read)
     }
 
-    fn invocation(&self, prefix: &str, plan: &Plan, live: &Live, entry: &str) -> redis::ScriptInvocation<'_> {
-        let mut inv = self.script.prepare_invoke();
+    /// The `EVALSHA` of `lua/commit.lua` for `plan` (see its header for the layout), built
+    /// straight into one command buffer: a `ScriptInvocation` keeps every argument in a
+    /// `Vec` of its own and copies them all again into the command.
+    fn invocation(&self, prefix: &str, plan: &Plan, live: &Live, entry: &str) -> redis::Cmd {
+        let n_gen = live.gens.len();
         let n_series = plan.series_writes.len();
-        inv.arg(live.gens.len())
+        let n_keys = n_gen + 1 + usize::from(n_series > 0);
+        let n_args = 6 + n_gen + 3 * plan.instance_writes.len() + 2 * n_series;
+        let bytes = entry.len()
+            + 64 * n_keys
+            + plan
+                .instance_writes
+                .iter()
+                .map(|w| 16 + w.id.len() + w.expected.as_ref().map_or(0, String::len) + w.new.len())
+                .sum::<usize>();
+        let mut cmd = redis::Cmd::with_capacity(3 + n_keys + n_args, bytes);
+        cmd.arg("EVALSHA").arg(self.script.get_hash()).arg(n_keys);
+        for generation in &live.gens {
+            cmd.arg(keys::records(prefix, *generation));
+        }
+        cmd.arg(keys::journal(prefix));
+        if let Some(first) = plan.series_writes.first() {
+            cmd.arg(&first.key);
+        }
+        cmd.arg(n_gen)
             .arg(live.current + 1)
             .arg(n_series)
             .arg(self.journal_ttl_ms)
             .arg(entry);
         for generation in &live.gens {
-            inv.key(keys::records(prefix, *generation));
-            inv.arg(self.generations.expire_at_ms(*generation));
+            cmd.arg(self.generations.expire_at_ms(*generation));
         }
-        inv.key(keys::journal(prefix));
-        inv.arg(plan.instance_writes.len());
+        cmd.arg(plan.instance_writes.len());
         for w in &plan.instance_writes {
-            inv.arg(&w.id).arg(w.expected.as_deref().unwrap_or("")).arg(&w.new);
+            cmd.arg(&w.id).arg(w.expected.as_deref().unwrap_or("")).arg(&w.new);
         }
-        if let Some(first) = plan.series_writes.first() {
-            inv.key(&first.key);
-            for s in &plan.series_writes {
-                inv.arg(&s.series).arg(&s.labels_json);
+        for s in &plan.series_writes {
+            cmd.arg(&s.series).arg(&s.labels_json);
+        }
+        cmd
+    }
+
+    /// Runs an `EVALSHA` of `script`, loading the script first when Redis does not have
+    /// it (a restarted Redis, or a new one), as `ScriptInvocation` does.
+    async fn eval<T: redis::FromRedisValue>(
+        conn: &mut ConnectionManager,
+        script: &redis::Script,
+        cmd: &redis::Cmd,
+    ) -> redis::RedisResult<T> {
+        match cmd.query_async(conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                script.load_async(conn).await?;
+                cmd.query_async(conn).await
             }
+            result => result,
         }
-        inv
     }
 }
 
