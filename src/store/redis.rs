@@ -797,7 +797,7 @@ impl RedisStore {
         let n_gen = live.gens.len();
         let n_series = plan.series_writes.len();
         let n_keys = n_gen + 1 + usize::from(n_series > 0);
-        let n_args = 6 + n_gen + 3 * plan.instance_writes.len() + 2 * n_series;
+        let n_args = 7 + n_gen + 3 * plan.instance_writes.len() + 2 * n_series;
         let bytes = entry.len()
             + 64 * n_keys
             + plan
@@ -822,9 +822,18 @@ impl RedisStore {
         for generation in &live.gens {
             cmd.arg(self.generations.expire_at_ms(*generation));
         }
-        cmd.arg(plan.instance_writes.len());
-        for w in &plan.instance_writes {
-            cmd.arg(&w.id).arg(w.expected.as_deref().unwrap_or("")).arg(&w.new);
+        // Records the plan assumed absent (most: every start and completed event on a
+        // first attempt) go without an expected value.
+        let (absent, read): (Vec<_>, Vec<_>) = plan.instance_writes.iter().partition(|w| w.expected.is_none());
+        cmd.arg(absent.len());
+        for w in absent {
+            cmd.arg(&w.id).arg(&w.new);
+        }
+        cmd.arg(read.len());
+        for w in read {
+            cmd.arg(&w.id)
+                .arg(w.expected.as_deref().unwrap_or_default())
+                .arg(&w.new);
         }
         for s in &plan.series_writes {
             cmd.arg(&s.series).arg(&s.labels_json);

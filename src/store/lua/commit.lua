@@ -20,12 +20,15 @@
 --       `current`); then the task's journal; then the series index (if n_series > 0)
 -- ARGV: n_gen, current, n_series, journal TTL ms, journal entry ('' = none),
 --       per generation: expire-at ms of its record hash,
---       k, then k (instance id, expected ('' = absent), new value),
+--       a, then a (instance id, new value) of records the plan assumed absent,
+--       b, then b (instance id, expected value, new value) of records it read,
 --       per series: series id, labels JSON
+-- A record's position (in the reply) counts the absent ones first, then the read ones.
 --
 -- Cost matters here (it runs for every event): records are read with one HMGET per
 -- record hash and written with one HSET per record hash, however many instances; the
--- increments, however many, are one RPUSH.
+-- increments, however many, are one RPUSH. The loops keep their own counts (`#` walks a
+-- table in Lua 5.1) and reuse tables in place.
 local n_gen = tonumber(ARGV[1])
 local current_gen = tonumber(ARGV[2])
 local n_series = tonumber(ARGV[3])
@@ -40,92 +43,134 @@ local a = 6 + n_gen
 
 -- Lua's unpack takes a few thousand values at most: long lists go in chunks.
 local CHUNK = 2000
-local function hmget(key, list)
-  if #list <= CHUNK then
-    return redis.call('HMGET', key, unpack(list))
+local function hmget(key, list, n)
+  if n <= CHUNK then
+    return redis.call('HMGET', key, unpack(list, 1, n))
   end
   local out = {}
-  for i = 1, #list, CHUNK do
-    local got = redis.call('HMGET', key, unpack(list, i, math.min(i + CHUNK - 1, #list)))
+  for i = 1, n, CHUNK do
+    local got = redis.call('HMGET', key, unpack(list, i, math.min(i + CHUNK - 1, n)))
     for j = 1, #got do
       out[i + j - 1] = got[j]
     end
   end
   return out
 end
-local function call_chunked(cmd, key, list)
-  for i = 1, #list, CHUNK do
-    redis.call(cmd, key, unpack(list, i, math.min(i + CHUNK - 1, #list)))
+local function call_chunked(cmd, key, list, n)
+  for i = 1, n, CHUNK do
+    redis.call(cmd, key, unpack(list, i, math.min(i + CHUNK - 1, n)))
   end
 end
 
+-- Where each record's arguments are: id at arg[f], expected at expected_at[f] (nil =
+-- assumed absent), new value at arg[f] + (1 or 2).
+local n_absent = tonumber(ARGV[a])
+local first_read = a + 1 + 2 * n_absent
+local n_read = tonumber(ARGV[first_read])
+local k = n_absent + n_read
+local arg = {}
+local ids, at = {}, {}
+for f = 1, n_absent do
+  local p = a - 1 + 2 * f
+  arg[f] = p
+  ids[f] = ARGV[p]
+  at[f] = f
+end
+for r = 1, n_read do
+  local p = first_read - 2 + 3 * r
+  local f = n_absent + r
+  arg[f] = p
+  ids[f] = ARGV[p]
+  at[f] = f
+end
+a = first_read + 1 + 3 * n_read
+
 -- Phase 1: read and check every record; remember the generation each was found in.
-local k = tonumber(ARGV[a])
-local base = a + 1
-a = base + 3 * k
+-- `ids`/`at` hold the n records not found yet, compacted in place after each hash.
 local value = {}
 local found = {}
-local missing = {}
-local missing_at = {}
-for f = 1, k do
-  missing[f] = ARGV[base + 3 * (f - 1)]
-  missing_at[f] = f
-end
+local n = k
 for g = 1, n_gen do
-  if #missing == 0 then
+  if n == 0 then
     break
   end
-  local got = hmget(KEYS[g], missing)
-  local still, still_at = {}, {}
-  for m = 1, #missing do
-    local f = missing_at[m]
-    if got[m] then
-      value[f] = got[m]
+  local got = hmget(KEYS[g], ids, n)
+  local m = 0
+  for i = 1, n do
+    local v = got[i]
+    if v then
+      local f = at[i]
+      value[f] = v
       found[f] = g
     else
-      still[#still + 1] = missing[m]
-      still_at[#still_at + 1] = f
+      m = m + 1
+      ids[m] = ids[i]
+      at[m] = at[i]
     end
   end
-  missing, missing_at = still, still_at
+  n = m
 end
 local changed = {}
+local n_changed = 0
 for f = 1, k do
-  if (value[f] or '') ~= ARGV[base + 3 * (f - 1) + 1] then
-    changed[#changed + 1] = f
+  local want = ''
+  if f > n_absent then
+    want = ARGV[arg[f] + 1]
+  end
+  if (value[f] or '') ~= want then
+    n_changed = n_changed + 1
+    changed[n_changed] = f
   end
 end
-if #changed > 0 then
+if n_changed > 0 then
   return changed
 end
 
--- Phase 2: write each record to the current generation, or to the newer one holding it.
+-- Phase 2: write each record to the current generation, or to the newer one holding it
+-- (and remove it from an older one holding it).
 local writes = {}
+local n_writes = {}
 local removes = {}
+local n_removes = {}
 for f = 1, k do
-  local id = ARGV[base + 3 * (f - 1)]
+  local p = arg[f]
+  local new = ARGV[p + 1]
+  if f > n_absent then
+    new = ARGV[p + 2]
+  end
   local from = found[f]
   local to = current_gen
   if from and from < current_gen then
     to = from
   end
-  writes[to] = writes[to] or {}
   local w = writes[to]
-  w[#w + 1] = id
-  w[#w + 1] = ARGV[base + 3 * (f - 1) + 2]
+  if not w then
+    w = {}
+    writes[to] = w
+    n_writes[to] = 0
+  end
+  local nw = n_writes[to]
+  w[nw + 1] = ARGV[p]
+  w[nw + 2] = new
+  n_writes[to] = nw + 2
   if from and from ~= to then
-    removes[from] = removes[from] or {}
     local r = removes[from]
-    r[#r + 1] = id
+    if not r then
+      r = {}
+      removes[from] = r
+      n_removes[from] = 0
+    end
+    n_removes[from] = n_removes[from] + 1
+    r[n_removes[from]] = ARGV[p]
   end
 end
 for g = 1, n_gen do
   if writes[g] then
-    call_chunked('HSET', KEYS[g], writes[g])
+    call_chunked('HSET', KEYS[g], writes[g], n_writes[g])
     redis.call('PEXPIREAT', KEYS[g], gen_expire[g])
   end
   if removes[g] then
-    call_chunked('HDEL', KEYS[g], removes[g])
+    call_chunked('HDEL', KEYS[g], removes[g], n_removes[g])
   end
 end
 
@@ -148,16 +193,18 @@ elseif n_series > 1 then
   for i = 1, n_series do
     ids[i] = ARGV[a + 2 * (i - 1)]
   end
-  local known = hmget(key, ids)
+  local known = hmget(key, ids, n_series)
   local missing = {}
+  local n_missing = 0
   for i = 1, n_series do
     if not known[i] then
-      missing[#missing + 1] = ids[i]
-      missing[#missing + 1] = ARGV[a + 2 * (i - 1) + 1]
+      missing[n_missing + 1] = ids[i]
+      missing[n_missing + 2] = ARGV[a + 2 * (i - 1) + 1]
+      n_missing = n_missing + 2
     end
   end
-  if #missing > 0 then
-    call_chunked('HSET', key, missing)
+  if n_missing > 0 then
+    call_chunked('HSET', key, missing, n_missing)
   end
 end
 return { 0, journal_len }
