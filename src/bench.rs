@@ -56,7 +56,11 @@ pub struct BenchConfig {
     pub server: String,
     pub mode: Mode,
     pub workload: Workload,
+    /// How long the measured part sends.
     pub duration: Duration,
+    /// Sent first, at the same rate, and not counted: connections, the service's threads
+    /// and caches and Redis' scripts warm up before anything is measured.
+    pub warmup: Duration,
     /// Requests (query, gate, unary) or events (stream, batch) per second, in total;
     /// `None` = closed loop, as fast as it goes.
     pub rate: Option<f64>,
@@ -84,6 +88,7 @@ impl Default for BenchConfig {
             mode: Mode::Stream,
             workload: Workload::Pairs,
             duration: Duration::from_secs(10),
+            warmup: Duration::ZERO,
             rate: None,
             connections: 4,
             concurrency: 8,
@@ -117,6 +122,12 @@ pub struct Summary {
     pub connections: usize,
     pub concurrency: usize,
     pub batch_size: usize,
+    /// Seconds sent first and not counted (`--warmup`), and what they sent: answered
+    /// requests and events acknowledged (so that CPU per event over the whole run can be
+    /// worked out).
+    pub warmup_s: f64,
+    pub warmup_requests: u64,
+    pub warmup_events_acked: u64,
     pub requests: u64,
     pub errors: u64,
     pub events_sent: u64,
@@ -271,21 +282,46 @@ impl Generator {
 /// Per-worker tallies, merged at the end.
 #[derive(Debug)]
 struct Tally {
+    /// Requests (intended to be) sent before this are the warm-up: not counted.
+    from: Instant,
     latency: Histogram<u64>,
     requests: u64,
     errors: u64,
     events_sent: u64,
     events_acked: u64,
+    warmup_requests: u64,
+    warmup_events_acked: u64,
 }
 
 impl Tally {
-    fn new() -> Self {
+    fn new(from: Instant) -> Self {
         Tally {
+            from,
             latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
             requests: 0,
             errors: 0,
             events_sent: 0,
             events_acked: 0,
+            warmup_requests: 0,
+            warmup_events_acked: 0,
+        }
+    }
+
+    /// Counts one answered request of `n` events sent at `sent_at` (its intended send
+    /// time, open loop): `Ok(events acknowledged)` or `Err(())` when it failed. A
+    /// request of the warm-up is not counted.
+    fn answered(&mut self, sent_at: Instant, n: u64, acked: Result<u64, ()>) {
+        if sent_at < self.from {
+            self.warmup_requests += 1;
+            self.warmup_events_acked += acked.unwrap_or(0);
+            return;
+        }
+        self.requests += 1;
+        self.events_sent += n;
+        self.record(sent_at);
+        match acked {
+            Ok(acked) => self.events_acked += acked,
+            Err(()) => self.errors += 1,
         }
     }
 
@@ -295,6 +331,8 @@ impl Tally {
         self.errors += other.errors;
         self.events_sent += other.events_sent;
         self.events_acked += other.events_acked;
+        self.warmup_requests += other.warmup_requests;
+        self.warmup_events_acked += other.warmup_events_acked;
     }
 
     fn record(&mut self, since: Instant) {
@@ -333,7 +371,8 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<Summary> {
         channels.push(channel(&config.server).await?);
     }
     let started = Instant::now();
-    let deadline = started + config.duration;
+    let measured_from = started + config.warmup;
+    let deadline = measured_from + config.duration;
     let mut workers = Vec::new();
     for (w, ch) in channels.into_iter().enumerate() {
         let config = config.clone();
@@ -341,11 +380,11 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<Summary> {
             worker(&config, w, run_id, ch, started, deadline).await
         }));
     }
-    let mut total = Tally::new();
+    let mut total = Tally::new(measured_from);
     for w in workers {
         total.merge(&w.await??);
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed = measured_from.elapsed().as_secs_f64();
     let l = &total.latency;
     Ok(Summary {
         mode: config.mode,
@@ -354,6 +393,9 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<Summary> {
         connections: config.connections,
         concurrency: config.concurrency,
         batch_size: effective_batch(config),
+        warmup_s: config.warmup.as_secs_f64(),
+        warmup_requests: total.warmup_requests,
+        warmup_events_acked: total.warmup_events_acked,
         requests: total.requests,
         errors: total.errors,
         events_sent: total.events_sent,
@@ -480,7 +522,7 @@ async fn unary_worker(
     deadline: Instant,
     per_worker: Option<f64>,
 ) -> anyhow::Result<Tally> {
-    let mut tally = Tally::new();
+    let mut tally = Tally::new(deadline - config.duration);
     let mut generator = Generator::new(config, w, run);
     let ingest = IngestServiceClient::new(channel.clone());
     let query = QueryServiceClient::new(channel.clone());
@@ -556,13 +598,7 @@ async fn unary_worker(
         };
         tokio::select! {
             Some((sent_at, n, result)) = in_flight.next(), if !in_flight.is_empty() => {
-                tally.requests += 1;
-                tally.events_sent += n;
-                tally.record(sent_at);
-                match result {
-                    Ok(acked) => tally.events_acked += acked,
-                    Err(_) => tally.errors += 1,
-                }
+                tally.answered(sent_at, n, result.map_err(|_| ()));
             }
             () = async {
                 match (wake, ticks.as_mut()) {
@@ -593,7 +629,7 @@ async fn stream_worker(
     deadline: Instant,
     per_worker: Option<f64>,
 ) -> anyhow::Result<Tally> {
-    let mut tally = Tally::new();
+    let mut tally = Tally::new(deadline - config.duration);
     let mut generator = Generator::new(config, w, run);
     let mut client = IngestServiceClient::new(channel);
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::RecordRequest>(config.concurrency);
@@ -634,10 +670,7 @@ async fn stream_worker(
             message = responses.message() => match message {
                 Ok(Some(r)) => {
                     let (sent_at, n) = pending.pop_front().unwrap_or((now, 0));
-                    tally.requests += 1;
-                    tally.events_sent += n;
-                    tally.events_acked += u64::from(r.accepted + r.duplicates);
-                    tally.record(sent_at);
+                    tally.answered(sent_at, n, Ok(u64::from(r.accepted + r.duplicates)));
                 }
                 Ok(None) => break,
                 Err(_) => {
@@ -649,10 +682,12 @@ async fn stream_worker(
         }
     }
     // Requests that never got a response count as sent and failed.
-    for (_, n) in pending {
-        tally.requests += 1;
-        tally.errors += 1;
-        tally.events_sent += n;
+    for (sent_at, n) in pending {
+        if sent_at >= tally.from {
+            tally.requests += 1;
+            tally.errors += 1;
+            tally.events_sent += n;
+        }
     }
     Ok(tally)
 }
@@ -676,6 +711,23 @@ mod tests {
             Instant::now() >= intended(started, 19, 200.0),
             "no tick before its time"
         );
+    }
+
+    #[test]
+    fn requests_of_the_warmup_are_not_counted() {
+        let from = Instant::now();
+        let mut t = Tally::new(from);
+        let before = from
+            .checked_sub(Duration::from_millis(1))
+            .expect("a monotonic clock this old");
+        t.answered(before, 1000, Ok(1000));
+        t.answered(before, 1000, Err(()));
+        assert_eq!((t.requests, t.errors, t.events_sent, t.latency.len()), (0, 0, 0, 0));
+        assert_eq!((t.warmup_requests, t.warmup_events_acked), (2, 1000));
+        t.answered(from, 1000, Ok(990));
+        t.answered(from + Duration::from_millis(5), 10, Err(()));
+        assert_eq!((t.requests, t.errors, t.events_sent, t.events_acked), (2, 1, 1010, 990));
+        assert_eq!(t.latency.len(), 2);
     }
 
     #[test]

@@ -23,6 +23,10 @@ pub struct BenchArgs {
     /// How long to send.
     #[arg(long, default_value = "10s", value_parser = super::parse_duration)]
     pub duration: Duration,
+    /// Send this long first, the same way, without counting it (`0s`: none): the numbers
+    /// then leave out connection set-up and a cold service.
+    #[arg(long, default_value = "0s", value_parser = super::parse_duration)]
+    pub warmup: Duration,
     /// Open loop: events/s (stream, batch) or requests/s (unary, query, gate) in total;
     /// latency is measured from each request's intended send time. None: closed loop.
     #[arg(long)]
@@ -73,6 +77,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         mode: args.mode,
         workload: args.workload,
         duration: args.duration,
+        warmup: args.warmup,
         rate: args.rate,
         connections: args.connections,
         concurrency: args.concurrency,

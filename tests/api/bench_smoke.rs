@@ -64,3 +64,19 @@ async fn every_mode_runs_and_reports_the_documented_summary() {
     }
     app.stop().await;
 }
+
+/// `--warmup` sends first, at the same rate, and counts only what follows: at 500 calls/s
+/// for 1 s after a 1 s warm-up, about 500 calls are counted, not 1,000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warmup_is_sent_but_not_counted() {
+    let app = spawn_app(Backend::Memory).await;
+    let s = bench(app.addr, &["--mode", "unary", "--rate", "500", "--warmup", "1s"]);
+    assert_eq!(s["warmup_s"], 1.0, "{s}");
+    let counted = s["requests"].as_u64().unwrap_or(0);
+    assert!(
+        (400..=510).contains(&counted),
+        "the second after the warm-up holds 500 intended sends, {counted} counted: {s}"
+    );
+    assert_eq!(s["errors"], 0, "{s}");
+    app.stop().await;
+}
