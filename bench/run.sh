@@ -170,6 +170,14 @@ wait_folded() {
   log "journals still not folded after 60 s: $(rcli --scan --pattern '*:j' | wc -l) left"
 }
 
+# Rewrites of the AOF Redis has started (`aof_rewrites` counts one when it forks) or
+# scheduled so far, from one INFO snapshot.
+aof_rewrites() {
+  rcli info persistence | tr -d '\r' | awk -F: '
+    $1 == "aof_rewrites" { n = $2 } $1 == "aof_rewrite_scheduled" { s = $2 }
+    END { print n + s }'
+}
+
 measure() {
   local out=$1 svc=$2 s0 r0 c0
   shift 2
@@ -177,10 +185,14 @@ measure() {
   r0=$(ticks "$REDIS_PID")
   c0=$(redis_calls)
   # shellcheck disable=SC2016
+  local w0
+  w0=$(aof_rewrites)
   bash -c '"$@" >"$0" 2>"$0.stderr"; rc=$?
     read -r -a f < <(sed "s/^.*) //" /proc/$$/stat)
     echo $((f[13] + f[14])) >"$0.cpu"; exit $rc' "$out" "$@" ||
     die "$(basename "$out"): '$*' failed: $(tail -n 5 "$out.stderr")"
+  # AOF rewrites Redis started while the load ran (each forks Redis).
+  M_REWRITES=$(($(aof_rewrites) - w0))
   # The Redis service keeps folding journals after the load stops: wait, and count it.
   M_DRAIN=0
   if [[ $svc == "$SVC_PID" ]]; then
@@ -376,24 +388,22 @@ settle_aof() {
   local i
   rcli bgrewriteaof >/dev/null
   for i in $(seq 1200); do
-    [[ $(rcli info persistence | tr -d '\r' | sed -n 's/^aof_rewrite_in_progress://p') == 0 &&
-      $(rcli info persistence | tr -d '\r' | sed -n 's/^aof_rewrite_scheduled://p') == 0 ]] && return 0
+    # Both from one snapshot: a scheduled rewrite starts as the running one ends.
+    rcli info persistence | tr -d '\r' | grep -qE '^aof_rewrite_(in_progress|scheduled):1' || return 0
     sleep 0.1
   done
   log "the AOF rewrite before the latency step did not finish in 120 s"
 }
-aof_rewrites() { rcli info persistence | tr -d '\r' | sed -n 's/^aof_rewrites://p'; }
 wait_folded
 settle_aof
 FORK_US=$(rcli info stats | tr -d '\r' | sed -n 's/^latest_fork_usec://p')
-REWRITES=$(aof_rewrites)
 OPEN_WARMUP=2s
 ((SMOKE)) && OPEN_WARMUP=0s
 bench_step unary-open "Redis: unary, open loop" \
   "10,000 calls/s, 8 conn, ≤ 64 in flight, after a $OPEN_WARMUP warm-up" "$SVC_PID" "$SVC" open \
   --mode unary --rate 10000 --connections 8 --concurrency 64 --warmup "$OPEN_WARMUP"
-REWRITES=$(($(aof_rewrites) - REWRITES))
-log "unary open loop: AOF rewrites during the step: $REWRITES (the one before it forked in $FORK_US µs)"
+REWRITES=$M_REWRITES
+log "unary open loop: AOF rewrites started during the load: $REWRITES (the one before it forked in $FORK_US µs)"
 
 # ---------------------------------------------------------------- 4. memory per series-minute
 
@@ -644,7 +654,7 @@ fi
   echo "- redis-server $REDIS_VERSION on 127.0.0.1:$REDIS_PORT, started by this script: $REDIS_SETTINGS"
   echo "- each load step ${DUR}; \`tasktime bench\` workload: 50 tasks (Zipf 1.0) × 4 releases × 3 platforms, lognormal durations; service, Redis, client and StatsD share the machine"
   echo "- CPU columns: µs of CPU (user + system, /proc/<pid>/stat) per event (per request for queries and gate, per op for redis-benchmark, per timer for StatsD); client = the load generator; redis cmds = INFO commandstats calls per event, commands inside the Lua scripts included"
-  echo "- unary open loop: the journals folded and Redis' AOF rewritten just before it (that rewrite's fork stopped Redis for $(fmt "${FORK_US:-0}") µs), then a $OPEN_WARMUP warm-up not counted; AOF rewrites during the step: ${REWRITES:-?}"
+  echo "- unary open loop: the journals folded and Redis' AOF rewritten just before it (that rewrite's fork stopped Redis for $(fmt "${FORK_US:-0}") µs), then a $OPEN_WARMUP warm-up not counted; AOF rewrites started while it sent: ${REWRITES:-?}"
   echo
   echo "| step | load | result | p50 µs | p99 µs | service CPU µs | Redis CPU µs | client CPU µs | Redis cmds | service RSS MB | target |"
   echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
