@@ -19,6 +19,11 @@
 //! entry is applied, each line is rolled up into the hour and the day holding its minute
 //! and into the task's totals ([`crate::ingest::plan::roll_up_into`]), with the expiries
 //! the folding replica's retention gives them.
+//!
+//! Entries of earlier versions named every bucket itself, with its expiry (`key expiry
+//! field delta ...`: an even number of words where a line of this version has an odd
+//! one); they are still read, so that journals left by a replica of an earlier version
+//! (or appended by one during a rolling upgrade) are folded, not stuck.
 
 use rustc_hash::FxHashMap;
 
@@ -40,6 +45,8 @@ type MinuteSums = FxHashMap<(i64, SeriesId), FxHashMap<String, i64>>;
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Sums {
     minutes: FxHashMap<String, MinuteSums>,
+    /// Lines of earlier versions' entries: key without the task prefix -> its sums.
+    whole: FxHashMap<String, BucketSums>,
     fields: usize,
 }
 
@@ -56,8 +63,13 @@ pub(crate) fn token(entry: &str) -> &str {
     entry.split('\n').next().unwrap_or("")
 }
 
-/// One line of an entry, parsed: namespace, (minute start, series), (field, delta) pairs.
-type Line<'a> = (&'a str, (i64, SeriesId), Vec<(&'a str, i64)>);
+/// One line of an entry, parsed, with its (field, delta) pairs.
+enum Line<'a> {
+    /// One series' minute: namespace, (minute start, series).
+    Minute(&'a str, (i64, SeriesId), Vec<(&'a str, i64)>),
+    /// An earlier version's line: one bucket, key without the task prefix, expiry ms.
+    Bucket(&'a str, i64, Vec<(&'a str, i64)>),
+}
 
 /// Why an entry could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +92,21 @@ fn parse_minute_key(key: &str) -> Option<(&str, (i64, SeriesId))> {
     (parts.next().is_none() && start.rem_euclid(minute) == 0).then_some((namespace, (start, series)))
 }
 
+/// Whether `key` names a bucket without the task prefix
+/// (`<namespace>:<b|t>:<m|h|d>:<start>[:<series>]`, as [`keys::write_bucket_suffix`]).
+fn is_bucket_key(key: &str) -> bool {
+    let parts: Vec<&str> = key.split(':').collect();
+    let series_ok = match (parts.get(1).copied(), parts.len()) {
+        (Some("b"), 5) => SeriesId::from_hex(parts[4]).is_some(),
+        (Some("t"), 4) => true,
+        _ => false,
+    };
+    series_ok
+        && !parts[0].is_empty()
+        && Resolution::ALL.iter().any(|r| r.code() == parts[2])
+        && parts[3].parse::<i64>().is_ok()
+}
+
 impl Sums {
     /// Adds one entry's increments.
     ///
@@ -95,8 +122,21 @@ impl Sums {
         for line in entry.split('\n').skip(1) {
             let mut words = line.split(' ');
             let key = words.next().unwrap_or_default();
-            let (namespace, minute) = parse_minute_key(key)
-                .ok_or_else(|| bad(format!("`{key}` is not the key of a series' minute bucket")))?;
+            // An earlier version's line has an expiry after the key (an even word count, and
+            // a number where this version has a field name, which is never a number).
+            let second = line.split(' ').nth(1).and_then(|w| w.parse::<i64>().ok());
+            let expiry = match second.filter(|_| line.split(' ').count() % 2 == 0) {
+                Some(expiry) => {
+                    if !is_bucket_key(key) {
+                        return Err(bad(format!(
+                            "`{key}` is not the key of a bucket followed by its expiry"
+                        )));
+                    }
+                    words.next();
+                    Some(expiry)
+                }
+                None => None,
+            };
             let mut fields = Vec::new();
             while let Some(field) = words.next() {
                 let delta: i64 = words
@@ -105,14 +145,33 @@ impl Sums {
                     .ok_or_else(|| bad(format!("no delta for `{key}` `{field}`")))?;
                 fields.push((field, delta));
             }
-            parsed.push((namespace, minute, fields));
+            parsed.push(match expiry {
+                Some(expiry) => Line::Bucket(key, expiry, fields),
+                None => {
+                    let (namespace, minute) = parse_minute_key(key)
+                        .ok_or_else(|| bad(format!("`{key}` is not the key of a series' minute bucket")))?;
+                    Line::Minute(namespace, minute, fields)
+                }
+            });
         }
-        for (namespace, minute, fields) in parsed {
-            let minutes = match self.minutes.get_mut(namespace) {
-                Some(minutes) => minutes,
-                None => self.minutes.entry(namespace.to_owned()).or_default(),
+        for line in parsed {
+            let (sums, fields) = match line {
+                Line::Minute(namespace, minute, fields) => {
+                    let minutes = match self.minutes.get_mut(namespace) {
+                        Some(minutes) => minutes,
+                        None => self.minutes.entry(namespace.to_owned()).or_default(),
+                    };
+                    (minutes.entry(minute).or_default(), fields)
+                }
+                Line::Bucket(key, expiry, fields) => {
+                    let slot = self
+                        .whole
+                        .entry(key.to_owned())
+                        .or_insert_with(|| (expiry, FxHashMap::default()));
+                    slot.0 = slot.0.max(expiry);
+                    (&mut slot.1, fields)
+                }
             };
-            let sums = minutes.entry(minute).or_default();
             for (field, delta) in fields {
                 // `entry(field.to_owned())` would allocate for every field seen again.
                 match sums.get_mut(field) {
@@ -135,7 +194,7 @@ impl Sums {
     /// Whether no entry added anything.
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
-        self.minutes.is_empty()
+        self.minutes.is_empty() && self.whole.is_empty()
     }
 
     /// The sums rolled up into the buckets they are added to, those still kept at
@@ -151,6 +210,15 @@ impl Sums {
                 let mut key = String::with_capacity(48);
                 keys::write_bucket_suffix(&mut key, namespace, bucket, series);
                 out.insert(key, (expires * 1000, fields));
+            }
+        }
+        for (key, (expire_at_ms, fields)) in &self.whole {
+            let slot = out
+                .entry(key.clone())
+                .or_insert_with(|| (*expire_at_ms, FxHashMap::default()));
+            slot.0 = slot.0.max(*expire_at_ms);
+            for (field, delta) in fields {
+                *slot.1.entry(field.clone()).or_default() += delta;
             }
         }
         out
@@ -308,20 +376,53 @@ mod tests {
         assert!(err.to_string().contains("tok-9"), "{err}");
         assert!(err.to_string().contains("no delta"), "{err}");
         assert!(sums.is_empty(), "nothing of a bad entry is added");
-        // A line that does not name a series' minute (an earlier format named every bucket,
-        // with its expiry) is refused, not misread.
-        for line in [
-            "d2r1:t:m:60 1000 started 1",
-            "d2r1:b:h:0:0000000000000007 started 1",
-            "d2r1:b:m:61:0000000000000007 started 1",
-            "d2r1:b:m:60:xyz started 1",
+        // A line that does not name a series' minute (or, with an expiry, a bucket) is
+        // refused, not misread.
+        for (line, why) in [
+            (
+                "d2r1:b:h:0:0000000000000007 started 1",
+                "not the key of a series' minute bucket",
+            ),
+            (
+                "d2r1:b:m:61:0000000000000007 started 1",
+                "not the key of a series' minute bucket",
+            ),
+            ("d2r1:b:m:60:xyz started 1", "not the key of a series' minute bucket"),
+            (
+                "d2r1:x:m:60 1000 started 1",
+                "not the key of a bucket followed by its expiry",
+            ),
+            ("d2r1:t:m:60 soon started 1", "no delta for `d2r1:t:m:60` `soon`"),
         ] {
             let err = sums.add_entry(&format!("tok-8\n{line}")).unwrap_err();
-            assert!(
-                err.to_string().contains("not the key of a series' minute bucket"),
-                "{line}: {err}"
-            );
+            assert!(err.to_string().contains(why), "{line}: {err}");
         }
         assert!(sums.is_empty(), "nothing of a bad entry is added");
+    }
+
+    /// An entry of an earlier version (every bucket named, with its expiry) is still
+    /// summed, beside this version's, so a journal left by one is folded, not stuck.
+    #[test]
+    fn an_earlier_versions_entry_is_still_read() {
+        let mut sums = Sums::default();
+        sums.add_entry("tok-old\nd2r1:b:h:0:0000000000000007 5000 started 2 s:1234 1\nd2r1:t:h:0 4000 started 2")
+            .unwrap();
+        sums.add_entry("tok-new\nd2r1:b:m:60:0000000000000007 started 1")
+            .unwrap();
+        let buckets = sums.buckets(&Retention::default(), 1_000);
+        let hour = BucketRef {
+            res: Resolution::Hour,
+            start: 0,
+        };
+        let series = &buckets[&suffix(hour, Some(SeriesId(7)))];
+        assert_eq!(series.1["started"], 3, "two from the old entry, one from the new");
+        assert_eq!(series.1["s:1234"], 1);
+        assert_eq!(
+            series.0,
+            (3600 + Retention::DEFAULT_HOUR_SECS) * 1000,
+            "the later expiry"
+        );
+        assert_eq!(buckets[&suffix(hour, None)].1["started"], 3);
+        assert_eq!(sums.fields(), 4);
     }
 }
