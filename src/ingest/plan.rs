@@ -89,11 +89,6 @@ impl InstanceState {
         }
     }
 
-    /// Whether `text` is the record of an open instance (cheaper than decoding it).
-    pub fn is_open(text: &str) -> bool {
-        text.starts_with("S|")
-    }
-
     /// Inverse of [`Self::encode`]; `None` for text it did not write.
     pub fn decode(text: &str) -> Option<Self> {
         let mut parts = text.split('|');
@@ -132,6 +127,8 @@ pub struct InstanceWrite {
     /// The value read before planning (`None` = absent); the write applies only if the
     /// record still holds it.
     pub expected: Option<String>,
+    /// The new record, and its stored form.
+    pub state: InstanceState,
     pub new: String,
     pub ttl_ms: i64,
 }
@@ -535,6 +532,7 @@ pub fn plan_task<'a>(
         plan.instance_writes.push(InstanceWrite {
             expected: read.remove(key).flatten(),
             id: key.to_owned(),
+            state,
             new: state.encode(),
             ttl_ms: ttl / 1000,
         });
@@ -732,8 +730,6 @@ mod tests {
             InstanceState::Done,
         ] {
             assert_eq!(InstanceState::decode(&s.encode()), Some(s));
-            let open = matches!(s, InstanceState::Open { .. });
-            assert_eq!(InstanceState::is_open(&s.encode()), open, "{s:?}");
         }
         assert_eq!(InstanceState::decode("S|1"), None);
         assert_eq!(InstanceState::decode("D|x"), None);
