@@ -39,6 +39,13 @@ fn assert_exact(scenario: &str, load: &LoadOutcome, report: &LedgerReport) {
     assert!(report.exact, "{scenario}: {report}");
     let rejected: u64 = load.workers.iter().map(|w| w.rejected).sum();
     assert_eq!(rejected, 0, "{scenario}: the ledger sends only valid events");
+    // The ledger retries every failure but a bad request; a fault must show as
+    // UNAVAILABLE (or a cut connection), never as the service's own INTERNAL error.
+    let errors = load.errors();
+    assert!(
+        !errors.contains_key("Internal"),
+        "{scenario}: the service answered INTERNAL: {errors:?}"
+    );
 }
 
 /// Starts `tasktime serve` on a fixed port, so a restart is reachable at the same address.
