@@ -26,9 +26,9 @@
 -- A record's position (in the reply) counts the absent ones first, then the read ones.
 --
 -- Cost matters here (it runs for every event): records are read with one HMGET per
--- record hash and written with one HSET per record hash, however many instances; the
--- increments, however many, are one RPUSH. The loops keep their own counts (`#` walks a
--- table in Lua 5.1) and reuse tables in place.
+-- record hash that exists and written with one HSET per record hash, however many
+-- instances; the increments, however many, are one RPUSH. The loops keep their own
+-- counts (`#` walks a table in Lua 5.1) and reuse tables in place.
 local n_gen = tonumber(ARGV[1])
 local current_gen = tonumber(ARGV[2])
 local n_series = tonumber(ARGV[3])
@@ -43,6 +43,8 @@ local a = 6 + n_gen
 
 -- Lua's unpack takes a few thousand values at most: long lists go in chunks.
 local CHUNK = 2000
+-- From how many ids still to look up a generation's hash is checked for existence first.
+local SKIP_CHECK_FROM = 8
 local function hmget(key, list, n)
   if n <= CHUNK then
     return redis.call('HMGET', key, unpack(list, 1, n))
@@ -94,7 +96,17 @@ for g = 1, n_gen do
   if n == 0 then
     break
   end
-  local got = hmget(KEYS[g], ids, n)
+  -- A generation whose hash does not exist holds no record: skip its HMGET. Every id
+  -- handed to a command is copied into a Redis string first, so an HMGET of n ids costs
+  -- about n of those copies even on a missing key (the generation ahead almost never
+  -- exists; on a task quiet for a while, older ones neither). One EXISTS is cheaper
+  -- than that only for more than a few ids.
+  local got
+  if n >= SKIP_CHECK_FROM and redis.call('EXISTS', KEYS[g]) == 0 then
+    got = {}
+  else
+    got = hmget(KEYS[g], ids, n)
+  end
   local m = 0
   for i = 1, n do
     local v = got[i]
