@@ -47,6 +47,7 @@ if ((SMOKE)); then
   PRELOAD_GATE=2000    # ... for the gate
   OPEN_N=20000         # open instances for the memory step
   OPEN_SERIES=1000     # ... spread over this many series
+  STEADY_RECORDS=20000 # records in the older generations for the steady-state steps
   OUT=$ROOT/bench/out/smoke
 else
   DUR=8s
@@ -56,6 +57,7 @@ else
   PRELOAD_GATE=20000
   OPEN_N=1000000
   OPEN_SERIES=10000
+  STEADY_RECORDS=2000000
   OUT=$ROOT/bench/out
 fi
 RAW=$OUT/raw
@@ -265,6 +267,9 @@ bench_step() {
   fi
   V[$name]=$rate
   V[$name.p99]=$p99
+  # CPU µs per event, unrounded, for the bounds below.
+  V[$name.svc_us]=$(calc "$M_SVC * 1000000 / $HZ / $((units + ${warm:-0}))")
+  V[$name.client_us]=$(calc "$M_CLIENT * 1000000 / $HZ / $((units + ${warm:-0}))")
   rss=$(calc "$(rss_kb "$svc")" / 1024)
   local all=$((units + ${warm:-0}))
   cmds="–"
@@ -361,6 +366,32 @@ rb_step() { # name clients
 rb_step rb-c1 1
 rb_step rb-c50 50
 
+# The least work exactly once asks of Redis: every instance has a record, so a new one
+# is looked up (is it a retry?) and inserted, in a hash of millions of them. Measured as
+# the commands' own execution time (INFO commandstats usec, which leaves out reading
+# and parsing the command): HSET of new random fields into one hash, then HMGET of
+# random fields of it. No design that keeps a record per instance in Redis does less.
+cmdstat() { # command -> "calls usec"
+  rcli info commandstats | tr -d '\r' | awk -F'[:=,]' -v c="cmdstat_$1" '$1 == c { print $3, $5 }'
+}
+floor_step() { # name command...
+  local name=$1 f before after
+  shift
+  f=$RAW/$name.txt
+  before=$(cmdstat "${1,,}")
+  measure "$f" "$REDIS_PID" redis-benchmark -p "$REDIS_PORT" -c 1 -P 64 -n "$RB_N" -r 100000000 -q "$@"
+  after=$(cmdstat "${1,,}")
+  V[$name]=$(awk -v b="${before:-0 0}" -v a="$after" 'BEGIN { split(b, x, " "); split(a, y, " "); print (y[2] - x[2]) / (y[1] - x[1]) }')
+}
+floor_step floor-hset HSET 'rb:{floor}:records' 'id:__rand_int__' D
+floor_step floor-hmget HMGET 'rb:{floor}:records' 'id:__rand_int__'
+FLOOR_N=$(rcli hlen 'rb:{floor}:records')
+rcli unlink 'rb:{floor}:records' >/dev/null
+row "exactly-once floor: HSET a new field" "$(fmt "$RB_N") ops into one hash ($(fmt "$FLOOR_N") fields at the end)" \
+  "$(num "${V[floor-hset]}") µs of Redis per insert" "–" "–" "–" "–" "–" "1" "–" ""
+row "exactly-once floor: HMGET a field" "$(fmt "$RB_N") ops on that hash" \
+  "$(num "${V[floor-hmget]}") µs of Redis per lookup" "–" "–" "–" "–" "–" "1" "–" ""
+
 # ---------------------------------------------------------------- 2. transport ceiling
 
 DEF="4 conn × 8 in flight × 1,000 ev"
@@ -404,6 +435,42 @@ bench_step unary-open "Redis: unary, open loop" \
   --mode unary --rate 10000 --connections 8 --concurrency 64 --warmup "$OPEN_WARMUP"
 REWRITES=$M_REWRITES
 log "unary open loop: AOF rewrites started during the load: $REWRITES (the one before it forked in $FORK_US µs)"
+
+# ---------------------------------------------------------------- 3b. steady state
+
+# The steps above start from an empty Redis: an instance record assumed absent (every
+# start and completed event) is looked up only in the current generation's record hash,
+# since the older ones do not exist yet. A service that has run for two hours has two
+# older generations (the default record TTL is 2 h, a generation 1 h: src/store/redis.rs,
+# `Generations`), each a hash of millions of records, and every such lookup goes to all
+# of them. Write those two hashes for every bench task as that traffic would have left
+# them (done markers, the task mix's Zipf weights, STEADY_RECORDS in all; key schema in
+# src/store/keys.rs), then stream both workloads again.
+steady_state() {
+  local now gen
+  now=$(date +%s)
+  gen=$((now / 3600))
+  awk -v n="$STEADY_RECORDS" -v c="$gen" 'BEGIN {
+    h = 0; for (i = 0; i < 50; i++) h += 1 / (i + 1)
+    for (g = c - 2; g <= c - 1; g++) for (i = 0; i < 50; i++) {
+      m = int(n / 2 / (i + 1) / h); key = sprintf("tt:v2:{default|bench-task-%02d}:r:%d", i, g)
+      for (j = 0; j < m; j += 1000) {
+        k = (m - j < 1000) ? m - j : 1000
+        printf "*%d\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n", 2 + 2 * k, length(key), key
+        for (x = 0; x < k; x++) { id = sprintf("earlier-%d-%d", g, j + x); printf "$%d\r\n%s\r\n$1\r\nD\r\n", length(id), id }
+      }
+      # The expiry the service gives a generation: its end plus the record TTL.
+      printf "*3\r\n$9\r\nPEXPIREAT\r\n$%d\r\n%s\r\n$%d\r\n%d\r\n", length(key), key, length(sprintf("%d", ((g + 1) * 3600 + 7200) * 1000)), ((g + 1) * 3600 + 7200) * 1000
+    }
+  }' | rcli --pipe >"$RAW/steady-state-preload.txt" || die "steady state: redis-cli --pipe failed: $(tail -n 3 "$RAW/steady-state-preload.txt")"
+  grep -q 'errors: 0' "$RAW/steady-state-preload.txt" || die "steady state: the preload had errors: $(tail -n 3 "$RAW/steady-state-preload.txt")"
+}
+steady_state
+STEADY="two older generations hold $(fmt "$STEADY_RECORDS") records"
+bench_step steady-pairs "Redis: stream, pairs, steady state" "$DEF; $STEADY" "$SVC_PID" "$SVC" pairs \
+  --mode stream --workload pairs
+bench_step steady-completed "Redis: stream, completed, steady state" "$DEF; $STEADY" "$SVC_PID" "$SVC" completed \
+  --mode stream --workload completed
 
 # ---------------------------------------------------------------- 4. memory per series-minute
 
@@ -643,6 +710,30 @@ if [[ -n ${V[statsd]:-} ]]; then
 else
   ratio "ratio: tasktime ÷ StatsD" "StatsD not measured" "–" ""
 fi
+
+# The most this machine can do with exactly once, from the floors above and the null
+# store's CPU per event (decoding and validating, which every event needs), all from
+# this run: NPROC cores divided by that CPU per event, and Redis' one thread by its
+# part. A completed event is one lookup and one insert; a pair of start and finish is
+# two lookups, one insert and one overwrite (counted as a lookup), per two events. No
+# service-side work beyond the null store's is counted, so the real ceiling is lower.
+CORES=$(nproc)
+bound() { # null-step redis-µs-per-event -> events/s
+  calc "(a = $CORES * 1000000 / (${V[$1.svc_us]} + ${V[$1.client_us]} + $2)) < (b = 1000000 / $2) ? a : b"
+}
+beyond() { # target bound text -> verdict
+  if awk -v t="$1" -v b="$2" 'BEGIN { exit !(t > b) }'; then
+    echo "$3: beyond this machine (target ÷ bound $(printf '%.2f' "$(calc "$1 / $2")"))"
+  else
+    echo "$3: within the bound"
+  fi
+}
+B_COMPLETED=$(bound null-stream-completed "$(calc "${V[floor-hmget]} + ${V[floor-hset]}")")
+B_PAIRS=$(bound null-stream-pairs "$(calc "(3 * ${V[floor-hmget]} + ${V[floor-hset]}) / 2")")
+ratio "bound: completed, exactly once" "$CORES cores ÷ (null store service + client CPU + Redis lookup + insert), per event" \
+  "$(fmt "$B_COMPLETED") events/s" "$(beyond 600000 "$B_COMPLETED" "≥ 600,000"); $(beyond "$(calc "0.7 * ${V[null-stream-completed]}")" "$B_COMPLETED" "0.7 × null store")$([[ -n ${V[statsd]:-} ]] && echo "; $(beyond "${V[statsd]}" "$B_COMPLETED" "≥ StatsD")")"
+ratio "bound: pairs, exactly once" "$CORES cores ÷ (null store service + client CPU + Redis (3 lookups + insert) ÷ 2), per event" \
+  "$(fmt "$B_PAIRS") events/s" "$(beyond 300000 "$B_PAIRS" "≥ 300,000"); $(beyond 600000 "$B_PAIRS" "stretch 600,000"); $(beyond "$(calc "0.7 * ${V[null-stream-pairs]}")" "$B_PAIRS" "0.7 × null store")$([[ -n ${V[statsd]:-} ]] && echo "; $(beyond "$(calc "2 * ${V[statsd]}")" "$B_PAIRS" "≥ StatsD")")"
 
 # ---------------------------------------------------------------- print
 
