@@ -265,6 +265,10 @@ bench_step() {
       result="$(fmt "$rate") $unit sustained ($(fmt "$sent") sent; the journals took $(printf '%.1f' "$M_DRAIN") s to fold after the load)"
     fi
   fi
+  # Open loop: how late the generator itself issued the requests (their latency counts it).
+  local lag
+  lag=$(sed -n 's/.*"send_lag_us":{"p50":[0-9]*,"p99":\([0-9]*\).*/\1/p' "$f")
+  [[ -n $lag ]] && result="$result; issued p99 $(fmt "$lag") µs late by the generator"
   V[$name]=$rate
   V[$name.p99]=$p99
   # CPU µs per event, unrounded, for the bounds below.

@@ -137,6 +137,11 @@ pub struct Summary {
     pub requests_per_sec: f64,
     /// Per request, from its intended send time (open loop) or its send time (closed loop).
     pub latency_us: Latency,
+    /// Open loop only: how late the generator issued each request after its intended
+    /// send time. Its latency counts this lag too (no coordinated omission), so a
+    /// `send_lag_us` close to `latency_us` says the load generator itself was held up (on
+    /// a shared machine: by the service and Redis taking the cores), not the answer.
+    pub send_lag_us: Option<Latency>,
 }
 
 /// Generates the workload's events for one worker.
@@ -285,6 +290,8 @@ struct Tally {
     /// Requests (intended to be) sent before this are the warm-up: not counted.
     from: Instant,
     latency: Histogram<u64>,
+    /// Open loop: how late each request was issued after its intended send time, µs.
+    send_lag: Histogram<u64>,
     requests: u64,
     errors: u64,
     events_sent: u64,
@@ -298,6 +305,7 @@ impl Tally {
         Tally {
             from,
             latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+            send_lag: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
             requests: 0,
             errors: 0,
             events_sent: 0,
@@ -327,12 +335,22 @@ impl Tally {
 
     fn merge(&mut self, other: &Tally) {
         let _ = self.latency.add(&other.latency);
+        let _ = self.send_lag.add(&other.send_lag);
         self.requests += other.requests;
         self.errors += other.errors;
         self.events_sent += other.events_sent;
         self.events_acked += other.events_acked;
         self.warmup_requests += other.warmup_requests;
         self.warmup_events_acked += other.warmup_events_acked;
+    }
+
+    /// Counts how late a request due at `due` (open loop) left, at `now`; requests of
+    /// the warm-up are not counted.
+    fn sent_late(&mut self, due: Instant, now: Instant) {
+        if due >= self.from {
+            let us = u64::try_from(now.saturating_duration_since(due).as_micros()).unwrap_or(u64::MAX);
+            let _ = self.send_lag.record(us.clamp(1, 60_000_000));
+        }
     }
 
     fn record(&mut self, since: Instant) {
@@ -385,7 +403,12 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<Summary> {
         total.merge(&w.await??);
     }
     let elapsed = measured_from.elapsed().as_secs_f64();
-    let l = &total.latency;
+    let summary = |h: &Histogram<u64>| Latency {
+        p50: h.value_at_quantile(0.5),
+        p99: h.value_at_quantile(0.99),
+        p999: h.value_at_quantile(0.999),
+        max: h.max(),
+    };
     Ok(Summary {
         mode: config.mode,
         workload: config.workload,
@@ -403,12 +426,8 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<Summary> {
         duration_s: elapsed,
         events_per_sec: total.events_acked as f64 / elapsed,
         requests_per_sec: total.requests as f64 / elapsed,
-        latency_us: Latency {
-            p50: l.value_at_quantile(0.5),
-            p99: l.value_at_quantile(0.99),
-            p999: l.value_at_quantile(0.999),
-            max: l.max(),
-        },
+        latency_us: summary(&total.latency),
+        send_lag_us: config.rate.map(|_| summary(&total.send_lag)),
     })
 }
 
@@ -538,6 +557,9 @@ async fn unary_worker(
         let may_send = now < deadline && in_flight.len() < config.concurrency && next_due.is_none_or(|due| due <= now);
         if may_send {
             let sent_at = next_due.unwrap_or(now);
+            if next_due.is_some() {
+                tally.sent_late(sent_at, now);
+            }
             k += 1;
             let fut: futures::future::BoxFuture<'static, (Instant, u64, Result<u64, tonic::Status>)> = match config.mode
             {
@@ -655,6 +677,9 @@ async fn stream_worker(
             if sender.send(pb::RecordRequest { events }).await.is_err() {
                 break;
             }
+            if let Some(due) = next_due {
+                tally.sent_late(due, now);
+            }
             pending.push_back((next_due.unwrap_or(now), n));
             k += 1;
             continue;
@@ -728,6 +753,23 @@ mod tests {
         t.answered(from + Duration::from_millis(5), 10, Err(()));
         assert_eq!((t.requests, t.errors, t.events_sent, t.events_acked), (2, 1, 1010, 990));
         assert_eq!(t.latency.len(), 2);
+    }
+
+    #[test]
+    fn a_late_send_is_counted_with_its_lag_and_the_warmups_are_not() {
+        let from = Instant::now();
+        let mut t = Tally::new(from);
+        let before = from
+            .checked_sub(Duration::from_millis(1))
+            .expect("a monotonic clock this old");
+        t.sent_late(before, from + Duration::from_millis(3));
+        assert_eq!(t.send_lag.len(), 0, "a warm-up send is not counted");
+        t.sent_late(from, from + Duration::from_millis(3));
+        t.sent_late(from, from);
+        assert_eq!(t.send_lag.len(), 2);
+        assert!(t.send_lag.equivalent(t.send_lag.max(), 3_000), "{}", t.send_lag.max());
+        // A send the generator issued early (never, but the clock is the caller's) is 1 µs.
+        assert_eq!(t.send_lag.min(), 1);
     }
 
     #[test]

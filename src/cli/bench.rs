@@ -110,6 +110,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "latency per request: p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
             l.p50, l.p99, l.p999, l.max
         );
+        if let Some(l) = &summary.send_lag_us {
+            println!(
+                "issued late by the generator: p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
+                l.p50, l.p99, l.p999, l.max
+            );
+        }
     }
     Ok(())
 }

@@ -53,6 +53,12 @@ async fn every_mode_runs_and_reports_the_documented_summary() {
             assert!(s["latency_us"][q].as_u64().is_some(), "{args:?}: latency_us.{q}: {s}");
         }
         assert_eq!(s["errors"], 0, "{args:?}: {s}");
+        // Send lag is an open-loop figure: there only, and null in closed loop.
+        assert_eq!(
+            s["send_lag_us"].is_null(),
+            !args.contains(&"--rate"),
+            "{args:?}: send_lag_us: {s}"
+        );
         assert!(s["requests"].as_u64().unwrap_or(0) > 0, "{args:?}: {s}");
         if !matches!(args[1], "query" | "gate") {
             assert!(s["events_acked"].as_u64().unwrap_or(0) > 0, "{args:?}: {s}");
@@ -78,5 +84,13 @@ async fn a_warmup_is_sent_but_not_counted() {
         "the second after the warm-up holds 500 intended sends, {counted} counted: {s}"
     );
     assert_eq!(s["errors"], 0, "{s}");
+    // Open loop: how late the generator issued the counted requests, beside their latency.
+    for q in ["p50", "p99", "p999", "max"] {
+        assert!(s["send_lag_us"][q].as_u64().is_some(), "send_lag_us.{q}: {s}");
+    }
+    assert!(
+        s["send_lag_us"]["max"].as_u64() <= s["latency_us"]["max"].as_u64(),
+        "a request's latency counts its send lag: {s}"
+    );
     app.stop().await;
 }
