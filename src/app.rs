@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic_health::ServingStatus;
@@ -193,14 +194,7 @@ impl App {
             .add_service(pb::ingest_service_server::IngestServiceServer::new(ingest))
             .add_service(pb::query_service_server::QueryServiceServer::new(query))
             .add_service(pb::gate_service_server::GateServiceServer::new(gate))
-            .serve_with_incoming_shutdown(
-                // Nagle's algorithm off on every accepted connection, as tonic sets it on
-                // listeners it binds itself: an answer is a few small HTTP/2 frames, and
-                // with Nagle on a frame written behind an unacknowledged one waits for the
-                // client's (possibly delayed) acknowledgement.
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                drain,
-            );
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain);
         let mut server = tokio::spawn(server);
 
         let served = tokio::select! {

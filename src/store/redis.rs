@@ -314,14 +314,7 @@ impl RedisStore {
     /// # Errors
     /// When the URL is not a Redis URL.
     pub fn open(url: &str, timeouts: RedisTimeouts, sem: Arc<Semantics>) -> Result<Self, StoreError> {
-        // Nagle's algorithm off, as Redis itself sets it on its side: the connection
-        // pipelines small commands (a round's scripts, a fold's reads), and with Nagle on
-        // each one sent while an earlier one is unacknowledged waits for that
-        // acknowledgement, which Redis sends with its reply.
-        let info = redis::IntoConnectionInfo::into_connection_info(url)
-            .map_err(|e| StoreError::Internal(format!("the Redis URL `{url}` is not valid: {e}")))?;
-        let tcp = info.tcp_settings().clone().set_nodelay(true);
-        let client = redis::Client::open(info.set_tcp_settings(tcp))
+        let client = redis::Client::open(url)
             .map_err(|e| StoreError::Internal(format!("the Redis URL `{url}` is not valid: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeouts.connect))
