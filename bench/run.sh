@@ -5,14 +5,19 @@
 # bench/out/latest.md, with each step's raw output in bench/out/raw/).
 #
 #   Redis' own ceiling       redis-benchmark HINCRBY, -c 1 -P 64 and -c 50 -P 64
+#   exactly-once floor       redis-benchmark HSET of new fields into a hash of millions,
+#                            and HMGET of it: the least Redis work per new instance
 #   transport ceiling        tasktime bench against `serve --null-store`
 #   full path                tasktime bench against `serve --redis-url` (stream, batch,
-#                            unary closed and open loop, query, gate)
+#                            unary closed and open loop, query, gate); the stream steps
+#                            again in a steady state (two older record generations)
 #   memory                   Redis bytes per series-minute and per open instance,
 #                            service RSS with 1,000,000 open instances in 10,000 series
 #   peer                     the StatsD daemon (npm `statsd`, discarding backend) fed
 #                            the same timers over UDP
-#   ratios                   all from the numbers above
+#   ratios and bounds        all from the numbers above; a bound is the most this
+#                            machine can do with exactly once (cores and Redis' thread
+#                            over the null store's CPU and the floor, per event)
 #
 # Per step it also samples CPU (utime+stime from /proc/<pid>/stat) of the service,
 # redis-server and the load client, Redis commands (INFO commandstats) and service RSS.
@@ -30,7 +35,7 @@ case "${1:-}" in
   "") ;;
   --smoke) SMOKE=1 ;;
   -h | --help)
-    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
   *)
