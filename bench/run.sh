@@ -278,11 +278,11 @@ bench_step() {
   [[ -n $lag ]] && result="$result; issued p99 $(fmt "$lag") µs late by the generator"
   V[$name]=$rate
   V[$name.p99]=$p99
-  # CPU µs per event, unrounded, for the bounds below.
-  V[$name.svc_us]=$(calc "$M_SVC * 1000000 / $HZ / $((units + ${warm:-0}))")
-  V[$name.client_us]=$(calc "$M_CLIENT * 1000000 / $HZ / $((units + ${warm:-0}))")
   rss=$(calc "$(rss_kb "$svc")" / 1024)
   local all=$((units + ${warm:-0}))
+  # CPU µs per event, unrounded, for the bounds below.
+  V[$name.svc_us]=$(calc "$M_SVC * 1000000 / $HZ / $all")
+  V[$name.client_us]=$(calc "$M_CLIENT * 1000000 / $HZ / $all")
   cmds="–"
   [[ $svc == "$SVC_PID" ]] && cmds=$(num "$(calc "$M_CALLS / $all")")
   case $kind in
