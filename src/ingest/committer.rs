@@ -187,7 +187,12 @@ impl<S: Store> Committer<S> {
 /// Commits one round and answers every job in it.
 async fn round<S: Store>(store: S, commit_timeout: Duration, mut jobs: Vec<Job>) {
     let sizes: Vec<usize> = jobs.iter().map(|j| j.events.len()).collect();
-    let all: Vec<TaskEvent> = jobs.iter_mut().flat_map(|j| std::mem::take(&mut j.events)).collect();
+    // Sized once: growing it by doubling reallocated up to megabytes per round, each time
+    // on fresh pages the kernel had to zero (a tenth of the service's CPU under a stream).
+    let mut all: Vec<TaskEvent> = Vec::with_capacity(sizes.iter().sum());
+    for job in &mut jobs {
+        all.append(&mut job.events);
+    }
     let result = match tokio::time::timeout(commit_timeout, store.apply(&all, now_micros())).await {
         Ok(Ok(d)) => Ok(d),
         Ok(Err(e)) => {
