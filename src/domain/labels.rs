@@ -139,14 +139,30 @@ impl Labels {
         // XXH3 of the length-prefixed keys and values (so that ("a", "b=c") and
         // ("a=b", "c") differ), hashed in one call: the streaming hasher gives the same
         // digest but sets up a large state for every event.
-        let mut bytes = Vec::with_capacity(self.0.iter().map(|(k, v)| 16 + k.len() + v.len()).sum());
+        // Most label sets fit a stack buffer: no allocation per event for them.
+        const STACK: usize = 512;
+        let len: usize = self.0.iter().map(|(k, v)| 16 + k.len() + v.len()).sum();
+        let mut stack = [0u8; STACK];
+        let mut heap = Vec::new();
+        let bytes: &mut [u8] = if len <= STACK {
+            &mut stack[..len]
+        } else {
+            heap.resize(len, 0);
+            &mut heap
+        };
+        let mut at = 0;
         for (k, v) in &self.0 {
-            bytes.extend_from_slice(&(k.len() as u64).to_le_bytes());
-            bytes.extend_from_slice(k.as_bytes());
-            bytes.extend_from_slice(&(v.len() as u64).to_le_bytes());
-            bytes.extend_from_slice(v.as_bytes());
+            for part in [
+                &(k.len() as u64).to_le_bytes()[..],
+                k.as_bytes(),
+                &(v.len() as u64).to_le_bytes(),
+                v.as_bytes(),
+            ] {
+                bytes[at..at + part.len()].copy_from_slice(part);
+                at += part.len();
+            }
         }
-        SeriesId(xxhash_rust::xxh3::xxh3_64(&bytes))
+        SeriesId(xxhash_rust::xxh3::xxh3_64(bytes))
     }
 }
 

@@ -165,7 +165,7 @@ pub type RecordsRead<'a> = FxHashMap<&'a str, Option<String>>;
 /// The distinct instance ids of the events `keep` selects (of one task's batch), in
 /// first-seen order.
 pub fn instance_ids<'a>(events: &[(usize, &'a TaskEvent)], keep: impl Fn(&TaskEvent) -> bool) -> Vec<&'a str> {
-    let mut seen = rustc_hash::FxHashSet::default();
+    let mut seen = rustc_hash::FxHashSet::with_capacity_and_hasher(events.len(), rustc_hash::FxBuildHasher);
     events
         .iter()
         .filter(|(_, e)| keep(e))
@@ -418,10 +418,15 @@ pub fn plan_task<'a>(
     sem: &Semantics,
     now: Micros,
 ) -> Plan {
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        dispositions: Vec::with_capacity(events.len()),
+        instance_writes: Vec::with_capacity(events.len()),
+        ..Plan::default()
+    };
     let mut inc = Filer::new(sem, now);
     // Current state of each touched key, with the TTL its last change asks for.
-    let mut current: FxHashMap<&'a str, (Option<InstanceState>, Option<Micros>)> = FxHashMap::default();
+    let mut current: FxHashMap<&'a str, (Option<InstanceState>, Option<Micros>)> =
+        FxHashMap::with_capacity_and_hasher(events.len(), rustc_hash::FxBuildHasher);
     let mut new_series: FxHashMap<SeriesId, String> = FxHashMap::default();
 
     for (index, event) in events {

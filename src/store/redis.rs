@@ -98,7 +98,10 @@ impl RecentStarts {
 
     fn insert(&mut self, key: u64, start: Micros, series: SeriesId) {
         if self.current.len() >= Self::MAX {
-            self.previous = std::mem::take(&mut self.current);
+            // The dropped map's table becomes the new current one: it is cleared in
+            // place, not grown again from empty by rehashing onto fresh pages.
+            std::mem::swap(&mut self.previous, &mut self.current);
+            self.current.clear();
         }
         self.current.insert(key, (start, series));
     }
