@@ -201,6 +201,56 @@ mod generations {
         }
     }
 
+    /// One large round of every kind of record at once, an hour and a half after the
+    /// starts: thousands of retried starts (found in the older generation although the
+    /// round assumed them absent), their finishes (read, and moved to the newer
+    /// generation) and new completed events (absent, written in chunks). Each is
+    /// counted once, and each instance is in exactly one generation afterwards.
+    #[tokio::test]
+    async fn a_large_mixed_round_across_generations_counts_each_instance_once() {
+        const N: usize = 2_500; // more (id, value) pairs than the script hands one HSET
+        let redis = RedisServer::start(RedisOptions::default());
+        let store = store(&redis);
+        let t = now() - 60 * SEC;
+        let starts: Vec<TaskEvent> = (0..N).map(|i| event(&format!("s{i}"), t, EventKind::Start)).collect();
+        let accepted = store.apply(&starts, t).await.unwrap();
+        assert!(accepted.iter().all(|d| *d == ACCEPTED), "{:?}", accepted.first());
+        let later = t + 90 * 60 * SEC;
+        let mut round = starts.clone();
+        round.extend((0..N).map(|i| event(&format!("s{i}"), t + 5 * SEC, EventKind::Finish(Outcome::Succeeded))));
+        round.extend((0..N).map(|i| {
+            event(
+                &format!("c{i}"),
+                later - SEC,
+                EventKind::Completed {
+                    duration: 2 * SEC,
+                    outcome: Outcome::Failed,
+                },
+            )
+        }));
+        let got = store.apply(&round, later).await.unwrap();
+        assert!(got[..N].iter().all(|d| *d == Disposition::Duplicate), "retried starts");
+        assert!(got[N..].iter().all(|d| *d == ACCEPTED), "finishes and completed events");
+        for id in ["s0", &format!("s{}", N - 1), "c0", &format!("c{}", N - 1)] {
+            let held = holders(&redis, id);
+            assert_eq!(held.len(), 1, "{id} is in one generation: {held:?}");
+            assert_eq!(held[0].1, "D", "{id}");
+        }
+        let newest = holders(&redis, "c0")[0].0.clone();
+        assert_eq!(
+            holders(&redis, "s0")[0].0,
+            newest,
+            "finished records moved to the newer generation"
+        );
+        // The whole round again is all duplicates.
+        let again = store.apply(&round, later).await.unwrap();
+        assert!(
+            again.iter().all(|d| *d == Disposition::Duplicate),
+            "{:?}",
+            again.iter().find(|d| **d != Disposition::Duplicate)
+        );
+    }
+
     /// A replica whose clock is two minutes ahead has crossed into the next generation;
     /// one on time still finds the record there, and leaves it there.
     #[tokio::test]

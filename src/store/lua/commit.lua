@@ -26,19 +26,19 @@
 -- A record's position (in the reply) counts the absent ones first, then the read ones.
 --
 -- Cost matters here (it runs for every event): records are read with one HMGET per
--- record hash that exists and written with one HSET per record hash, however many
--- instances; the increments, however many, are one RPUSH. The loops keep their own
--- counts (`#` walks a table in Lua 5.1) and reuse tables in place.
+-- record hash that exists (two when a round has both kinds of record) and written with
+-- one HSET per record hash, however many instances; the increments, however many, are
+-- one RPUSH. The records assumed absent, the common case, take a path of their own that
+-- builds one table (their ids) and hands their (id, value) pairs from ARGV to HSET as
+-- they are. The loops keep their own counts (`#` walks a table in Lua 5.1) and reuse
+-- tables in place.
 local n_gen = tonumber(ARGV[1])
 local current_gen = tonumber(ARGV[2])
 local n_series = tonumber(ARGV[3])
 local journal_ttl = ARGV[4]
 local entry = ARGV[5]
 local journal = KEYS[n_gen + 1]
-local gen_expire = {}
-for g = 1, n_gen do
-  gen_expire[g] = ARGV[5 + g]
-end
+-- ARGV[5 + g]: the expire-at of generation g's record hash.
 local a = 6 + n_gen
 
 -- Lua's unpack takes a few thousand values at most: long lists go in chunks.
@@ -64,74 +64,88 @@ local function call_chunked(cmd, key, list, n)
   end
 end
 
--- Where each record's arguments are: id at arg[f], expected at expected_at[f] (nil =
--- assumed absent), new value at arg[f] + (1 or 2).
 local n_absent = tonumber(ARGV[a])
+local first_absent = a + 1
 local first_read = a + 1 + 2 * n_absent
 local n_read = tonumber(ARGV[first_read])
-local k = n_absent + n_read
-local arg = {}
-local ids, at = {}, {}
-for f = 1, n_absent do
-  local p = a - 1 + 2 * f
-  arg[f] = p
-  ids[f] = ARGV[p]
-  at[f] = f
-end
-for r = 1, n_read do
-  local p = first_read - 2 + 3 * r
-  local f = n_absent + r
-  arg[f] = p
-  ids[f] = ARGV[p]
-  at[f] = f
-end
 a = first_read + 1 + 3 * n_read
-
--- Phase 1: read and check every record; remember the generation each was found in.
--- `ids`/`at` hold the n records not found yet, compacted in place after each hash.
-local value = {}
-local found = {}
-local n = k
-for g = 1, n_gen do
-  if n == 0 then
-    break
-  end
-  -- A generation whose hash does not exist holds no record: skip its HMGET. Every id
-  -- handed to a command is copied into a Redis string first, so an HMGET of n ids costs
-  -- about n of those copies even on a missing key (the generation ahead almost never
-  -- exists; on a task quiet for a while, older ones neither). One EXISTS is cheaper
-  -- than that only for more than a few ids.
-  local got
-  if n >= SKIP_CHECK_FROM and redis.call('EXISTS', KEYS[g]) == 0 then
-    got = {}
-  else
-    got = hmget(KEYS[g], ids, n)
-  end
-  local m = 0
-  for i = 1, n do
-    local v = got[i]
-    if v then
-      local f = at[i]
-      value[f] = v
-      found[f] = g
-    else
-      m = m + 1
-      ids[m] = ids[i]
-      at[m] = at[i]
-    end
-  end
-  n = m
-end
 local changed = {}
 local n_changed = 0
-for f = 1, k do
-  local want = ''
-  if f > n_absent then
-    want = ARGV[arg[f] + 1]
+
+-- Phase 1a: a record the plan assumed absent (most: every start and completed event on a
+-- first attempt) must be in no generation. Its (id, new value) pairs are contiguous in
+-- ARGV, so their writes need no table of their own below.
+if n_absent > 0 then
+  local ids = {}
+  for f = 1, n_absent do
+    ids[f] = ARGV[first_absent + 2 * (f - 1)]
   end
-  if (value[f] or '') ~= want then
-    n_changed = n_changed + 1
-    changed[n_changed] = f
+  local hit = nil
+  for g = 1, n_gen do
+    -- A generation whose hash does not exist holds no record: skip its HMGET. Every id
+    -- handed to a command is copied into a Redis string first, so an HMGET of n ids
+    -- costs about n of those copies even on a missing key (the generation ahead almost
+    -- never exists; on a task quiet for a while, older ones neither). One EXISTS is
+    -- cheaper than that only for more than a few ids.
+    if n_absent < SKIP_CHECK_FROM or redis.call('EXISTS', KEYS[g]) == 1 then
+      local got = hmget(KEYS[g], ids, n_absent)
+      for f = 1, n_absent do
+        if got[f] then
+          hit = hit or {}
+          hit[f] = true
+        end
+      end
+    end
+  end
+  if hit then
+    for f = 1, n_absent do
+      if hit[f] then
+        n_changed = n_changed + 1
+        changed[n_changed] = f
+      end
+    end
+  end
+end
+
+-- Phase 1b: a record the plan read must still have the value it read ('' = absent), in
+-- the newest generation holding it; remember which one. `ids`/`at` hold the records not
+-- found yet, compacted in place after each hash.
+local found = {}
+if n_read > 0 then
+  local ids, at = {}, {}
+  for r = 1, n_read do
+    ids[r] = ARGV[first_read - 2 + 3 * r]
+    at[r] = r
+  end
+  local value = {}
+  local n = n_read
+  for g = 1, n_gen do
+    if n == 0 then
+      break
+    end
+    if n < SKIP_CHECK_FROM or redis.call('EXISTS', KEYS[g]) == 1 then
+      local got = hmget(KEYS[g], ids, n)
+      local m = 0
+      for i = 1, n do
+        local v = got[i]
+        if v then
+          local r = at[i]
+          value[r] = v
+          found[r] = g
+        else
+          m = m + 1
+          ids[m] = ids[i]
+          at[m] = at[i]
+        end
+      end
+      n = m
+    end
+  end
+  for r = 1, n_read do
+    if (value[r] or '') ~= ARGV[first_read - 1 + 3 * r] then
+      n_changed = n_changed + 1
+      changed[n_changed] = n_absent + r
+    end
   end
 end
 if n_changed > 0 then
@@ -139,50 +153,63 @@ if n_changed > 0 then
 end
 
 -- Phase 2: write each record to the current generation, or to the newer one holding it
--- (and remove it from an older one holding it).
-local writes = {}
-local n_writes = {}
-local removes = {}
-local n_removes = {}
-for f = 1, k do
-  local p = arg[f]
-  local new = ARGV[p + 1]
-  if f > n_absent then
-    new = ARGV[p + 2]
+-- (and remove it from an older one holding it). A record assumed absent was found
+-- nowhere, so it goes to the current generation.
+local written = {}
+if n_absent > 0 then
+  local key = KEYS[current_gen]
+  local last = first_absent + 2 * n_absent - 1
+  for i = first_absent, last, CHUNK do
+    redis.call('HSET', key, unpack(ARGV, i, math.min(i + CHUNK - 1, last)))
   end
-  local from = found[f]
-  local to = current_gen
-  if from and from < current_gen then
-    to = from
-  end
-  local w = writes[to]
-  if not w then
-    w = {}
-    writes[to] = w
-    n_writes[to] = 0
-  end
-  local nw = n_writes[to]
-  w[nw + 1] = ARGV[p]
-  w[nw + 2] = new
-  n_writes[to] = nw + 2
-  if from and from ~= to then
-    local r = removes[from]
-    if not r then
-      r = {}
-      removes[from] = r
-      n_removes[from] = 0
+  written[current_gen] = true
+end
+if n_read > 0 then
+  local writes = {}
+  local n_writes = {}
+  local removes = {}
+  local n_removes = {}
+  for r = 1, n_read do
+    local p = first_read - 2 + 3 * r
+    local from = found[r]
+    local to = current_gen
+    if from and from < current_gen then
+      to = from
     end
-    n_removes[from] = n_removes[from] + 1
-    r[n_removes[from]] = ARGV[p]
+    local w = writes[to]
+    if not w then
+      w = {}
+      writes[to] = w
+      n_writes[to] = 0
+    end
+    local nw = n_writes[to]
+    w[nw + 1] = ARGV[p]
+    w[nw + 2] = ARGV[p + 2]
+    n_writes[to] = nw + 2
+    if from and from ~= to then
+      local rm = removes[from]
+      if not rm then
+        rm = {}
+        removes[from] = rm
+        n_removes[from] = 0
+      end
+      n_removes[from] = n_removes[from] + 1
+      rm[n_removes[from]] = ARGV[p]
+    end
+  end
+  for g = 1, n_gen do
+    if writes[g] then
+      call_chunked('HSET', KEYS[g], writes[g], n_writes[g])
+      written[g] = true
+    end
+    if removes[g] then
+      call_chunked('HDEL', KEYS[g], removes[g], n_removes[g])
+    end
   end
 end
 for g = 1, n_gen do
-  if writes[g] then
-    call_chunked('HSET', KEYS[g], writes[g], n_writes[g])
-    redis.call('PEXPIREAT', KEYS[g], gen_expire[g])
-  end
-  if removes[g] then
-    call_chunked('HDEL', KEYS[g], removes[g], n_removes[g])
+  if written[g] then
+    redis.call('PEXPIREAT', KEYS[g], ARGV[5 + g])
   end
 end
 
