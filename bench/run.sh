@@ -7,7 +7,8 @@
 #   Redis' own ceiling       redis-benchmark HINCRBY, -c 1 -P 64 and -c 50 -P 64
 #   exactly-once floor       redis-benchmark HSET of new fields into a hash of millions,
 #                            and HMGET of it: the least Redis work per new instance
-#   transport ceiling        tasktime bench against `serve --null-store`
+#   transport ceiling        tasktime bench against `serve --null-store` (stream; unary closed
+#                            and open loop)
 #   full path                tasktime bench against `serve --redis-url` (stream, batch,
 #                            unary closed and open loop, query, gate); the stream steps
 #                            again in a steady state (two older record generations)
@@ -35,7 +36,7 @@ case "${1:-}" in
   "") ;;
   --smoke) SMOKE=1 ;;
   -h | --help)
-    sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
   *)
@@ -410,6 +411,15 @@ bench_step null-stream-pairs "null store: stream, pairs" "$DEF" "$NULL_PID" "$NU
   --mode stream --workload pairs
 bench_step null-stream-completed "null store: stream, completed" "$DEF" "$NULL_PID" "$NULL" "" \
   --mode stream --workload completed
+# The unary steps' ceilings: what the gRPC path alone costs per call, and the latency it
+# alone gives at 10,000 calls/s on these two cores with the generator beside it.
+OPEN_WARMUP=2s
+((SMOKE)) && OPEN_WARMUP=0s
+bench_step null-unary-closed "null store: unary, closed loop" "8 conn × 32 in flight × 1 ev" "$NULL_PID" "$NULL" "" \
+  --mode unary --connections 8 --concurrency 32
+bench_step null-unary-open "null store: unary, open loop" \
+  "10,000 calls/s, 8 conn, ≤ 64 in flight, after a $OPEN_WARMUP warm-up" "$NULL_PID" "$NULL" "" \
+  --mode unary --rate 10000 --connections 8 --concurrency 64 --warmup "$OPEN_WARMUP"
 
 # ---------------------------------------------------------------- 3. full path, ingest
 
@@ -443,8 +453,6 @@ CLOSED_REWRITES=$M_REWRITES
 wait_folded
 settle_aof
 FORK_US=$(rcli info stats | tr -d '\r' | sed -n 's/^latest_fork_usec://p')
-OPEN_WARMUP=2s
-((SMOKE)) && OPEN_WARMUP=0s
 bench_step unary-open "Redis: unary, open loop" \
   "10,000 calls/s, 8 conn, ≤ 64 in flight, after a $OPEN_WARMUP warm-up" "$SVC_PID" "$SVC" open \
   --mode unary --rate 10000 --connections 8 --concurrency 64 --warmup "$OPEN_WARMUP"
@@ -725,6 +733,8 @@ r=$(calc "${V[stream-pairs]} / ${V[null-stream-pairs]}")
 ratio "ratio: full path ÷ null store, pairs" "Redis ÷ null store, stream pairs" "$(printf '%.3f' "$r")" "$(verdict "$r" ">=" 0.7 "≥ 0.7")"
 r=$(calc "${V[stream-completed]} / ${V[null-stream-completed]}")
 ratio "ratio: full path ÷ null store, completed" "Redis ÷ null store, stream completed" "$(printf '%.3f' "$r")" "$(verdict "$r" ">=" 0.7 "≥ 0.7")"
+r=$(calc "${V[unary-closed]} / ${V[null-unary-closed]}")
+ratio "ratio: full path ÷ null store, unary" "Redis ÷ null store, unary closed loop calls/s" "$(printf '%.3f' "$r")" "$(verdict "$r" ">=" 0.7 "≥ 0.7")"
 if [[ -n ${V[statsd]:-} ]]; then
   r=$(calc "${V[stream-completed]} / ${V[statsd]}")
   ratio "ratio: tasktime ÷ StatsD, completed" "completed events/s (one duration each) ÷ StatsD's best processed timers/s" "$(printf '%.3f' "$r")" "$(verdict "$r" ">=" 1 "≥ 1")"
