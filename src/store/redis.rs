@@ -8,7 +8,7 @@
 //! Every key of a group shares one hash tag, so the same code fits Redis Cluster.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,11 @@ pub struct RedisStore {
     journal_ttl_ms: i64,
     /// Makes every journal entry's token unique: this process' random id and a counter.
     tokens: Arc<(u64, AtomicU64)>,
+    /// Whether a ping loaded both scripts into Redis yet. Until then every concurrent
+    /// first `EVALSHA` gets NOSCRIPT and loads the script itself (about 180 loads in the
+    /// first rounds of a stream); a Redis that restarts later without them is handled
+    /// the same way, by the `EVALSHA` that finds them missing.
+    scripts_loaded: Arc<AtomicBool>,
     /// Task prefixes whose journal may hold entries to fold. Short critical sections
     /// only, never held across `.await` (as for `indexed_tasks`).
     dirty: Arc<Mutex<HashMap<String, Pending>>>,
@@ -339,6 +344,7 @@ impl RedisStore {
             flush_script: Arc::new(redis::Script::new(include_str!("lua/flush.lua"))),
             journal_ttl_ms,
             tokens: Arc::new((rand::random(), AtomicU64::new(0))),
+            scripts_loaded: Arc::new(AtomicBool::new(false)),
             dirty: Arc::new(Mutex::new(HashMap::new())),
             helping: Arc::new(Mutex::new(HashSet::new())),
             indexed_tasks: Arc::new(Mutex::new(Remembered::new())),
@@ -914,6 +920,12 @@ impl Store for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(store_error)?;
+        // The service pings before it serves: load the scripts once, up front.
+        if !self.scripts_loaded.load(Ordering::Relaxed) {
+            self.script.load_async(&mut conn).await.map_err(store_error)?;
+            self.flush_script.load_async(&mut conn).await.map_err(store_error)?;
+            self.scripts_loaded.store(true, Ordering::Relaxed);
+        }
         Ok(())
     }
 }

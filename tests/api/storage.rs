@@ -251,6 +251,37 @@ mod generations {
         );
     }
 
+    /// The service's first ping loads the scripts, so the first rounds, dozens of
+    /// `EVALSHA` at once, do not each find the script missing and load it again.
+    #[tokio::test]
+    async fn the_first_ping_loads_the_scripts_once_for_every_round_after_it() {
+        let redis = RedisServer::start(RedisOptions::default());
+        let store = store(&redis);
+        store.ping().await.expect("ping");
+        let t = now() - SEC;
+        let events: Vec<TaskEvent> = (0..50)
+            .map(|i| {
+                let mut e = event(&format!("x{i}"), t, EventKind::Start);
+                e.task = TaskName::parse("task", format!("task-{i}")).expect("task");
+                e
+            })
+            .collect();
+        let got = store.apply(&events, t).await.unwrap();
+        assert!(got.iter().all(|d| *d == ACCEPTED), "{:?}", got.first());
+        let stats = redis.cli(&["info", "commandstats"]);
+        let loads = stats
+            .lines()
+            .find(|l| l.starts_with("cmdstat_script|load:"))
+            .and_then(|l| l.split("calls=").nth(1))
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.parse::<u64>().ok());
+        assert_eq!(
+            loads,
+            Some(2),
+            "SCRIPT LOAD calls, the commit and the flush script: {stats}"
+        );
+    }
+
     /// A replica whose clock is two minutes ahead has crossed into the next generation;
     /// one on time still finds the record there, and leaves it there.
     #[tokio::test]
