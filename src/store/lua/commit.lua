@@ -58,10 +58,27 @@ local function hmget(key, list, n)
   end
   return out
 end
-local function call_chunked(cmd, key, list, n)
-  for i = 1, n, CHUNK do
-    redis.call(cmd, key, unpack(list, i, math.min(i + CHUNK - 1, n)))
+-- `cmd key list[first..last]`, in chunks (`first` and the chunk size keep pairs whole).
+local function call_chunked(cmd, key, list, first, last)
+  for i = first, last, CHUNK do
+    redis.call(cmd, key, unpack(list, i, math.min(i + CHUNK - 1, last)))
   end
+end
+-- Appends the values to generation g's list in `lists`, counting them in `counts`.
+local function append(lists, counts, g, a, b)
+  local list = lists[g]
+  if not list then
+    list = {}
+    lists[g] = list
+    counts[g] = 0
+  end
+  local n = counts[g] + 1
+  list[n] = a
+  if b then
+    n = n + 1
+    list[n] = b
+  end
+  counts[g] = n
 end
 
 local n_absent = tonumber(ARGV[a])
@@ -157,11 +174,7 @@ end
 -- nowhere, so it goes to the current generation.
 local written = {}
 if n_absent > 0 then
-  local key = KEYS[current_gen]
-  local last = first_absent + 2 * n_absent - 1
-  for i = first_absent, last, CHUNK do
-    redis.call('HSET', key, unpack(ARGV, i, math.min(i + CHUNK - 1, last)))
-  end
+  call_chunked('HSET', KEYS[current_gen], ARGV, first_absent, first_absent + 2 * n_absent - 1)
   written[current_gen] = true
 end
 if n_read > 0 then
@@ -176,34 +189,18 @@ if n_read > 0 then
     if from and from < current_gen then
       to = from
     end
-    local w = writes[to]
-    if not w then
-      w = {}
-      writes[to] = w
-      n_writes[to] = 0
-    end
-    local nw = n_writes[to]
-    w[nw + 1] = ARGV[p]
-    w[nw + 2] = ARGV[p + 2]
-    n_writes[to] = nw + 2
+    append(writes, n_writes, to, ARGV[p], ARGV[p + 2])
     if from and from ~= to then
-      local rm = removes[from]
-      if not rm then
-        rm = {}
-        removes[from] = rm
-        n_removes[from] = 0
-      end
-      n_removes[from] = n_removes[from] + 1
-      rm[n_removes[from]] = ARGV[p]
+      append(removes, n_removes, from, ARGV[p])
     end
   end
   for g = 1, n_gen do
     if writes[g] then
-      call_chunked('HSET', KEYS[g], writes[g], n_writes[g])
+      call_chunked('HSET', KEYS[g], writes[g], 1, n_writes[g])
       written[g] = true
     end
     if removes[g] then
-      call_chunked('HDEL', KEYS[g], removes[g], n_removes[g])
+      call_chunked('HDEL', KEYS[g], removes[g], 1, n_removes[g])
     end
   end
 end
@@ -243,7 +240,7 @@ elseif n_series > 1 then
     end
   end
   if n_missing > 0 then
-    call_chunked('HSET', key, missing, n_missing)
+    call_chunked('HSET', key, missing, 1, n_missing)
   end
 end
 return { 0, journal_len }
