@@ -43,11 +43,15 @@ impl Default for RedisTimeouts {
     }
 }
 
-/// A cheap-to-clone handle on Redis (redis-rs' `ConnectionManager` is already a shared,
-/// multiplexed, self-reconnecting connection).
+/// A cheap-to-clone handle on Redis: two shared, multiplexed, self-reconnecting
+/// connections (redis-rs' `ConnectionManager`), one for commits and reads, one for folds.
 #[derive(Clone)]
 pub struct RedisStore {
     conn: ConnectionManager,
+    /// A connection of its own for folding journals: a fold moves whole buckets (an
+    /// `MGET` reply and a script of up to megabytes), and on the commits' connection every
+    /// round queued behind it would wait for those bytes and that script.
+    fold_conn: ConnectionManager,
     sem: Arc<Semantics>,
     script: Arc<redis::Script>,
     generations: Generations,
@@ -316,7 +320,7 @@ impl Generations {
 }
 
 impl RedisStore {
-    /// Opens a connection manager on `url` (`redis://host:port/db`). It connects lazily:
+    /// Opens the connection managers on `url` (`redis://host:port/db`). They connect lazily:
     /// the service can start while Redis is down, and reports NOT_SERVING until it is up.
     ///
     /// # Errors
@@ -329,8 +333,12 @@ impl RedisStore {
             .set_response_timeout(Some(timeouts.response))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| StoreError::Internal(format!("cannot set up Redis connection to `{url}`: {e}")))?;
+        let connect = || {
+            ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                .map_err(|e| StoreError::Internal(format!("cannot set up Redis connection to `{url}`: {e}")))
+        };
+        let conn = connect()?;
+        let fold_conn = connect()?;
         let journal_ttl_ms = crate::buckets::Resolution::ALL
             .iter()
             .map(|res| (res.secs() + sem.retention.of(*res)) * 1000)
@@ -338,6 +346,7 @@ impl RedisStore {
             .unwrap_or(0);
         Ok(RedisStore {
             conn,
+            fold_conn,
             generations: Generations::new(&sem),
             sem,
             script: Arc::new(redis::Script::new(include_str!("lua/commit.lua"))),
@@ -456,7 +465,7 @@ impl RedisStore {
 
     /// Folds the oldest entries of one journal (at most [`FOLD_MAX_ENTRIES`]).
     async fn fold_head(&self, prefix: &str) -> Result<Folded, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.fold_conn.clone();
         let entries: Vec<String> = conn
             .lrange(keys::journal(prefix), 0, FOLD_MAX_ENTRIES - 1)
             .await
