@@ -1,6 +1,6 @@
 //! Microbenchmarks of the pure code on the ingest and query hot paths: converting and
-//! validating one event, bin arithmetic, merging stored bins, percentile extraction and
-//! planning one commit round. They need no Redis and no tokio, so a change to one of these
+//! validating one event, bin arithmetic, merging stored bins, percentile extraction,
+//! planning one commit round and folding a task's journal into its buckets. They need no Redis and no tokio, so a change to one of these
 //! functions can be measured on its own (`cargo bench --bench hot_paths`); the whole
 //! service is measured by `bench/run.sh`.
 
@@ -16,7 +16,7 @@ use tasktime::histogram::HistogramConfig;
 use tasktime::ingest::Semantics;
 use tasktime::ingest::plan;
 use tasktime::pb;
-use tasktime::store::keys;
+use tasktime::store::{self, keys};
 
 /// Durations spread like real task times: 1 ms to about 10 minutes, log-uniform, from a
 /// fixed sequence so every run measures the same values.
@@ -191,5 +191,52 @@ fn plan_round(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, convert_event, histogram_bins, plan_round);
+fn fold_journal(c: &mut Criterion) {
+    let now = now_micros();
+    let ctx = context(now);
+    let sem = Semantics {
+        abandon_after: Semantics::DEFAULT_ABANDON_AFTER,
+        dedupe_horizon: Semantics::DEFAULT_DEDUPE_HORIZON,
+        retention: Retention::default(),
+        histogram: Arc::new(config()),
+    };
+    // A busy task's journal under the completed stream: 256 rounds' entries of 1,000
+    // completed events each over its 12 series, folded into buckets that already hold
+    // an earlier fold's bins (a fold adds to stored buckets; a first one adds to empty
+    // ones).
+    const ROUNDS: usize = 256;
+    let durations = durations_us(ROUNDS * 1_000);
+    let entries: Vec<String> = durations
+        .chunks(1_000)
+        .enumerate()
+        .map(|(round, chunk)| {
+            let events: Vec<TaskEvent> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    convert::event(i, completed_event("checkout", round * 1_000 + i, now, *d), &ctx)
+                        .expect("the generated events are valid")
+                })
+                .collect();
+            let indexed: Vec<(usize, &TaskEvent)> = events.iter().enumerate().collect();
+            let prefix = keys::task_prefix(&events[0].tenant, &events[0].task);
+            let plan = plan::plan_task(&prefix, &indexed, plan::RecordsRead::default(), &sem, now);
+            store::journal_entry(&format!("token-{round}"), &plan.increments)
+        })
+        .collect();
+    let now_secs = now / 1_000_000;
+    let stored: HashMap<String, String> = store::fold_entries(&entries, &HashMap::new(), &sem.retention, now_secs)
+        .expect("the entries fold")
+        .into_iter()
+        .collect();
+
+    let mut group = c.benchmark_group("fold");
+    group.throughput(Throughput::Elements((ROUNDS * 1_000) as u64));
+    group.bench_function("fold_entries 256 entries × 1000 completed, 12 series", |b| {
+        b.iter(|| store::fold_entries(black_box(&entries), black_box(&stored), &sem.retention, now_secs))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, convert_event, histogram_bins, plan_round, fold_journal);
 criterion_main!(benches);

@@ -46,6 +46,40 @@ impl StoreError {
 /// A hash read back from the store: field -> integer value.
 pub type FieldMap = HashMap<String, i64>;
 
+/// A commit round's increments as the journal entry the Redis store appends for them
+/// (for the microbenchmarks, `benches/hot_paths.rs`, with [`fold_entries`]).
+pub fn journal_entry(token: &str, increments: &crate::ingest::plan::Increments) -> String {
+    journal::encode(token, increments)
+}
+
+/// What the Redis store's flusher computes from a run of journal entries, without Redis
+/// (for the microbenchmarks, `benches/hot_paths.rs`): the entries summed, rolled up into
+/// the buckets they touch (minute, hour and day, of each series and of the task's
+/// total), and each added to its stored form in `stored` (by key without the task
+/// prefix; absent is empty). Returns each bucket's key and new stored form.
+///
+/// # Errors
+/// The first entry or stored bucket this version cannot read, named.
+pub fn fold_entries(
+    entries: &[String],
+    stored: &HashMap<String, String>,
+    retention: &crate::buckets::Retention,
+    now_secs: i64,
+) -> Result<Vec<(String, String)>, String> {
+    let mut sums = journal::Sums::default();
+    for entry in entries {
+        sums.add_entry(entry).map_err(|e| e.to_string())?;
+    }
+    sums.buckets(retention, now_secs)
+        .into_iter()
+        .map(|(key, (_, fields))| {
+            let text = bucket::add_deltas(stored.get(&key).map_or("", String::as_str), &fields)
+                .map_err(|e| format!("bucket `{key}`: {e}"))?;
+            Ok((key, text))
+        })
+        .collect()
+}
+
 /// What a store does. Handles are cheap to clone and shared by every task.
 pub trait Store: Clone + Send + Sync + 'static {
     /// Applies validated events exactly once per instance and returns one disposition per
@@ -175,5 +209,43 @@ impl Store for AnyStore {
             AnyStore::Redis(s) => s.ping().await,
             AnyStore::Null(s) => s.ping().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buckets::Retention;
+
+    fn fold(entries: &[&str], stored: &HashMap<String, String>) -> Result<HashMap<String, String>, String> {
+        let entries: Vec<String> = entries.iter().map(|e| (*e).to_owned()).collect();
+        fold_entries(&entries, stored, &Retention::default(), 1_000).map(|b| b.into_iter().collect())
+    }
+
+    #[test]
+    fn folding_entries_in_two_runs_gives_the_buckets_of_one() {
+        let entries = [
+            "tok-1\nd2r1:b:m:60:0000000000000007 started 2 s:1234 1",
+            "tok-2\nd2r1:b:m:60:0000000000000007 s:1234 3 sum:s 5\nd2r1:b:m:120:0000000000000008 started 1",
+            "tok-3\nd2r1:b:m:120:0000000000000007 s 1 s:99 1",
+        ];
+        let once = fold(&entries, &HashMap::new()).unwrap();
+        let first = fold(&entries[..1], &HashMap::new()).unwrap();
+        let mut twice = first.clone();
+        twice.extend(fold(&entries[1..], &first).unwrap());
+        assert_eq!(once, twice);
+        // Minute, hour and day of series 7 and 8 and of the task's total.
+        assert_eq!(once.len(), 3 + 2 + 2 + 2 + 2, "{once:?}");
+        assert_eq!(once["d2r1:t:d:0"], "s 1\ns:1234 4\ns:99 1\nstarted 3\nsum:s 5");
+        assert_eq!(once["d2r1:b:m:60:0000000000000007"], "s:1234 4\nstarted 2\nsum:s 5");
+    }
+
+    #[test]
+    fn a_fold_of_an_unreadable_entry_or_bucket_names_it() {
+        let err = fold(&["tok-9\nd2r1:b:m:60:0000000000000007 started"], &HashMap::new()).unwrap_err();
+        assert!(err.contains("tok-9") && err.contains("started"), "{err}");
+        let stored = HashMap::from([("d2r1:t:d:0".to_owned(), "started x".to_owned())]);
+        let err = fold(&["tok-1\nd2r1:b:m:60:0000000000000007 started 1"], &stored).unwrap_err();
+        assert!(err.contains("d2r1:t:d:0") && err.contains("started x"), "{err}");
     }
 }
