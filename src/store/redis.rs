@@ -400,7 +400,14 @@ impl RedisStore {
             };
             // Said once when folding starts failing and once when it recovers, not on
             // every pass (Redis at maxmemory would make it every second).
-            match self.fold_dirty(stopping).await {
+            let outcome = self.fold_dirty(stopping).await;
+            if stopping {
+                if let Some((_, error)) = outcome {
+                    tracing::warn!(%error, "stopping before every journal is folded; they stay in Redis, and the next replica to start folds them");
+                }
+                return;
+            }
+            match outcome {
                 Some((failed, error)) if !failing => {
                     failing = true;
                     tracing::warn!(journals = failed, %error, "cannot fold journals into the buckets; retrying every {FOLD_EVERY:?} (queries still see every event)");
@@ -410,9 +417,6 @@ impl RedisStore {
                     tracing::info!("folding journals again");
                 }
                 _ => {}
-            }
-            if stopping {
-                return;
             }
         }
     }
@@ -446,11 +450,13 @@ impl RedisStore {
             .buffer_unordered(FOLD_CONCURRENCY);
         let mut failed: Option<(usize, StoreError)> = None;
         while let Some((prefix, pending, outcome)) = results.next().await {
+            let mut unreachable = false;
             let again = match outcome {
                 Ok(Folded::All) => false,
                 Ok(Folded::More | Folded::Raced) => true,
                 Err(e) => {
                     tracing::debug!(task = %prefix, error = %e, "cannot fold the journal yet");
+                    unreachable = matches!(e, StoreError::Unavailable(_));
                     failed.get_or_insert((0, e)).0 += 1;
                     true
                 }
@@ -458,6 +464,13 @@ impl RedisStore {
             if again {
                 // Still due; a round that appended meanwhile has put its own times in.
                 self.lock_dirty().entry(prefix).or_insert(pending);
+            }
+            if all && unreachable {
+                // The last pass before the process stops: Redis did not answer, and each
+                // further fold would wait for it in turn (seconds each) while the process
+                // should be exiting. The journals stay in Redis; the next replica to
+                // start folds them.
+                break;
             }
         }
         failed

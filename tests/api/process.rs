@@ -502,6 +502,38 @@ async fn sigterm_drains_answers_in_flight_rpcs_and_exits_zero() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_redis_gone_exits_without_trying_every_unfolded_journal() {
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let mut redis = RedisServer::start(RedisOptions::default());
+        let mut service = serve(&["--redis-url", &redis.url(), "--drain-period", "0s"]).await;
+        let mut ingest = service.ingest().await;
+        // Forty tasks, so forty journals this replica has not folded yet when Redis goes.
+        let t = now() - MINUTE;
+        let events: Vec<pb::TaskEvent> = (0..40)
+            .map(|i| completed(&format!("gone-{i}"), "a", t, SEC, pb::Outcome::Succeeded, &[]))
+            .collect();
+        let r = record(&mut ingest, events).await;
+        assert_eq!(r.accepted, 40, "{r:?}");
+        redis.kill();
+
+        send_signal(service.child.id(), "TERM");
+        let term_at = Instant::now();
+        // Each fold of the last pass would wait for the unreachable Redis in turn (11 s for
+        // these forty journals before the pass stopped at the first such fold); the
+        // journals stay in Redis for the next replica to fold.
+        let status = await_exit(&mut service, Duration::from_secs(60)).await;
+        let took = term_at.elapsed();
+        assert!(status.success(), "exit status 0 after SIGTERM, got {status:?}");
+        assert!(
+            took < Duration::from_secs(8),
+            "SIGTERM with Redis gone took {took:?} to exit"
+        );
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_started_before_redis_becomes_ready_when_redis_comes_up() {
     tokio::time::timeout(Duration::from_secs(60), async {
         let port = free_port();
