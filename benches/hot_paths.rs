@@ -148,15 +148,20 @@ fn histogram_bins(c: &mut Criterion) {
     group.finish();
 }
 
-fn plan_round(c: &mut Criterion) {
-    let now = now_micros();
-    let ctx = context(now);
-    let sem = Semantics {
+/// The pairing rules' defaults.
+fn semantics() -> Semantics {
+    Semantics {
         abandon_after: Semantics::DEFAULT_ABANDON_AFTER,
         dedupe_horizon: Semantics::DEFAULT_DEDUPE_HORIZON,
         retention: Retention::default(),
         histogram: Arc::new(config()),
-    };
+    }
+}
+
+fn plan_round(c: &mut Criterion) {
+    let now = now_micros();
+    let ctx = context(now);
+    let sem = semantics();
     // 1,000 completed events of one task across its 12 series: one task group of a
     // busy round. Completed events need no record read first (the round assumes them
     // absent and the commit script checks), so `read` is empty, as on the first attempt.
@@ -194,12 +199,7 @@ fn plan_round(c: &mut Criterion) {
 fn fold_journal(c: &mut Criterion) {
     let now = now_micros();
     let ctx = context(now);
-    let sem = Semantics {
-        abandon_after: Semantics::DEFAULT_ABANDON_AFTER,
-        dedupe_horizon: Semantics::DEFAULT_DEDUPE_HORIZON,
-        retention: Retention::default(),
-        histogram: Arc::new(config()),
-    };
+    let sem = semantics();
     // A busy task's journal under the completed stream: 256 rounds' entries of 1,000
     // completed events each over its 12 series, folded into buckets that already hold
     // an earlier fold's bins (a fold adds to stored buckets; a first one adds to empty
