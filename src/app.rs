@@ -201,10 +201,15 @@ impl App {
             result = &mut server => Some(result),
             () = stopping.cancelled() => None,
         };
+        // One grace period for all that is left: the RPCs still running, the last commit
+        // and the last fold share it, so the process is gone by drain + grace whatever
+        // the store does (an orchestrator kills it soon after anyway). What is cut there
+        // was never acknowledged, and retrying it is safe.
         let grace = config.grace_period;
+        let deadline = tokio::time::Instant::now() + grace;
         let result = match served {
             Some(result) => result,
-            None => match tokio::time::timeout(grace, &mut server).await {
+            None => match tokio::time::timeout_at(deadline, &mut server).await {
                 Ok(result) => result,
                 Err(_) => {
                     tracing::warn!(?grace, "grace period over: cutting the RPCs still running");
@@ -216,18 +221,27 @@ impl App {
         stop_background.cancel();
         stop_committer.cancel();
         tracker.close();
-        if tokio::time::timeout(grace, committer_done).await.is_err() {
-            tracing::warn!("the last commit did not finish within the grace period");
+        if tokio::time::timeout_at(deadline, committer_done).await.is_err() {
+            tracing::warn!(
+                ?grace,
+                "grace period over: the last commit is cut; its events were not acknowledged"
+            );
         }
         stop_flusher.cancel();
         if let Some(flusher) = flusher_done {
-            if tokio::time::timeout(grace, flusher).await.is_err() {
+            if tokio::time::timeout_at(deadline, flusher).await.is_err() {
                 tracing::warn!(
-                    "the last journal fold did not finish within the grace period; the next replica to start folds it"
+                    ?grace,
+                    "grace period over: the last journal fold is cut; the next replica to start folds it"
                 );
             }
         }
-        tracker.wait().await;
+        if tokio::time::timeout_at(deadline, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                ?grace,
+                "grace period over: stopping with background tasks still running"
+            );
+        }
         tracing::info!("stopped");
         result.context("server task failed")?.context("server failed")
     }

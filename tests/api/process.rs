@@ -534,6 +534,68 @@ async fn sigterm_with_redis_gone_exits_without_trying_every_unfolded_journal() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_within_drain_and_one_grace_period_even_when_the_last_commit_hangs() {
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let redis = RedisServer::start(RedisOptions::default());
+        let (drain, grace) = (Duration::from_millis(500), Duration::from_secs(2));
+        let mut service = serve(&[
+            "--redis-url",
+            &redis.url(),
+            "--drain-period",
+            "500ms",
+            "--grace-period",
+            "2s",
+            // Redis is stopped below: the commit of the RPC in flight waits for it far
+            // longer than the grace period.
+            "--redis-response-timeout",
+            "30s",
+            "--commit-timeout",
+            "60s",
+        ])
+        .await;
+        let mut ingest = service.ingest().await;
+        let t = now() - MINUTE;
+        let warm = record(
+            &mut ingest,
+            vec![completed("hang", "warm", t, SEC, pb::Outcome::Succeeded, &[])],
+        )
+        .await;
+        assert_eq!(warm.accepted, 1);
+
+        redis.signal("STOP");
+        let in_flight = tokio::spawn({
+            let mut ingest = ingest.clone();
+            async move {
+                ingest
+                    .record(pb::RecordRequest {
+                        events: vec![completed("hang", "late", t, SEC, pb::Outcome::Succeeded, &[])],
+                    })
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!in_flight.is_finished(), "the Record waits for the stopped Redis");
+
+        send_signal(service.child.id(), "TERM");
+        let term_at = Instant::now();
+        // The RPCs still running, the last commit and the last fold share one grace
+        // period: the process is gone by drain + grace, whatever Redis does.
+        let status = await_exit(&mut service, Duration::from_secs(60)).await;
+        let took = term_at.elapsed();
+        redis.signal("CONT");
+        assert!(status.success(), "exit status 0 after SIGTERM, got {status:?}");
+        assert!(
+            took < drain + grace + Duration::from_millis(1500),
+            "exited {took:?} after SIGTERM; drain {drain:?} + grace {grace:?}"
+        );
+        let cut = in_flight.await.expect("the in-flight Record's task");
+        assert!(cut.is_err(), "the RPC cut at the deadline is not acknowledged: {cut:?}");
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_started_before_redis_becomes_ready_when_redis_comes_up() {
     tokio::time::timeout(Duration::from_secs(60), async {
         let port = free_port();
