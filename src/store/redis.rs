@@ -422,7 +422,8 @@ impl RedisStore {
     }
 
     /// One pass of the flusher over the journals marked dirty that are due (all of them
-    /// when `all`); how many failed, and the first error.
+    /// when `all`: the last pass before the process stops, which ends at the first fold
+    /// Redis did not answer); how many failed, and the first error.
     async fn fold_dirty(&self, all: bool) -> Option<(usize, StoreError)> {
         let now = Instant::now();
         let due: Vec<(String, Pending)> = {
