@@ -186,6 +186,25 @@ impl Sums {
         Ok(())
     }
 
+    /// Sums entries from the first on, until the sums hold `max_fields` distinct fields
+    /// (one entry at least): what one fold writes. Returns the sums and how many entries
+    /// they hold.
+    ///
+    /// # Errors
+    /// The first entry not in the format [`encode`] writes.
+    pub(crate) fn of_head(entries: &[String], max_fields: usize) -> Result<(Self, usize), BadEntry> {
+        let mut sums = Sums::default();
+        let mut n = 0;
+        for entry in entries {
+            if n > 0 && sums.fields() >= max_fields {
+                break;
+            }
+            sums.add_entry(entry)?;
+            n += 1;
+        }
+        Ok((sums, n))
+    }
+
     /// How many distinct (series, minute, field) the sums hold.
     pub(crate) fn fields(&self) -> usize {
         self.fields

@@ -53,7 +53,8 @@ pub fn journal_entry(token: &str, increments: &crate::ingest::plan::Increments) 
 }
 
 /// What the Redis store's flusher computes from a run of journal entries, without Redis
-/// (for the microbenchmarks, `benches/hot_paths.rs`): the entries summed, rolled up into
+/// (for the microbenchmarks, `benches/hot_paths.rs`; the same calls as the flusher's
+/// fold, with no limit on the fields one fold sums): the entries summed, rolled up into
 /// the buckets they touch (minute, hour and day, of each series and of the task's
 /// total), and each added to its stored form in `stored` (by key without the task
 /// prefix; absent is empty). Returns each bucket's key and new stored form.
@@ -66,10 +67,7 @@ pub fn fold_entries(
     retention: &crate::buckets::Retention,
     now_secs: i64,
 ) -> Result<Vec<(String, String)>, String> {
-    let mut sums = journal::Sums::default();
-    for entry in entries {
-        sums.add_entry(entry).map_err(|e| e.to_string())?;
-    }
+    let (sums, _) = journal::Sums::of_head(entries, usize::MAX).map_err(|e| e.to_string())?;
     sums.buckets(retention, now_secs)
         .into_iter()
         .map(|(key, (_, fields))| {

@@ -501,15 +501,7 @@ impl RedisStore {
     async fn fold(&self, conn: &mut ConnectionManager, prefix: &str, entries: &[String]) -> Result<bool, StoreError> {
         let mut rest = entries;
         while let Some(first) = rest.first() {
-            let mut sums = Sums::default();
-            let mut n = 0;
-            for entry in rest {
-                if n > 0 && sums.fields() >= FOLD_MAX_FIELDS {
-                    break;
-                }
-                sums.add_entry(entry).map_err(|e| StoreError::Internal(e.to_string()))?;
-                n += 1;
-            }
+            let (sums, n) = Sums::of_head(rest, FOLD_MAX_FIELDS).map_err(|e| StoreError::Internal(e.to_string()))?;
             // Read the buckets, add, write them back whole: the script writes them only if
             // no other fold ran in between (see `lua/flush.lua`).
             let rolled = sums.buckets(&self.sem.retention, unix_now_secs());
