@@ -142,6 +142,13 @@ ticks() { # utime+stime of a process, clock ticks (fields after the `(comm)`)
   read -r -a f < <(sed 's/^.*) //' "/proc/$1/stat")
   echo $((f[11] + f[12]))
 }
+# cutime+cstime: the CPU of the children a process has waited for. Redis' children are
+# its AOF rewrites (RDB snapshots are off), a cost of the writes that made the AOF grow.
+child_ticks() {
+  local f
+  read -r -a f < <(sed 's/^.*) //' "/proc/$1/stat")
+  echo $((f[13] + f[14]))
+}
 rss_kb() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM:/{print $2}' "/proc/$1/status"; }
 rcli() { redis-cli -p "$REDIS_PORT" "$@"; }
@@ -160,8 +167,9 @@ per_unit() { # ticks units
 num() { awk -v v="$1" 'BEGIN { if (v >= 1000) { s = sprintf("%.0f", v); n = ""; while (length(s) > 3) { n = "," substr(s, length(s) - 2) n; s = substr(s, 1, length(s) - 3) } print s n } else printf(v >= 100 ? "%.0f\n" : (v >= 10 ? "%.1f\n" : "%.2f\n"), v) }'; }
 
 # measure OUTFILE SERVICE_PID CMD...: runs CMD with stdout to OUTFILE and sets M_SVC,
-# M_REDIS (CPU ticks of the service and Redis over the run), M_CLIENT (CPU ticks of CMD
-# and its children, read by the wrapper shell after it waited for them) and M_CALLS.
+# M_REDIS (CPU ticks of the service and Redis over the run; Redis' include the AOF
+# rewrites the run started, M_REDIS_CHILDREN of them), M_CLIENT (CPU ticks of CMD and its
+# children, read by the wrapper shell after it waited for them) and M_CALLS.
 # The service folds each task's increment journal (`...:j`) into the buckets once it is
 # long, 5 s old, or quiet for 0.5 s (it looks every second); memory and queries are
 # measured once every journal is folded, and each ingest step's rate includes the time
@@ -179,6 +187,17 @@ wait_folded() {
   log "journals still not folded after 60 s: $(rcli --scan --pattern '*:j' | wc -l) left"
 }
 
+# Waits until no AOF rewrite runs or is scheduled (both from one snapshot: a scheduled
+# rewrite starts as the running one ends), at most 120 s.
+wait_rewrites() {
+  local i
+  for i in $(seq 1200); do
+    rcli info persistence | tr -d '\r' | grep -qE '^aof_rewrite_(in_progress|scheduled):1' || return 0
+    sleep 0.1
+  done
+  log "an AOF rewrite did not finish in 120 s: its CPU is not counted in the step that started it"
+}
+
 # Rewrites of the AOF Redis has started (`aof_rewrites` counts one when it forks) or
 # scheduled so far, from one INFO snapshot.
 aof_rewrites() {
@@ -188,10 +207,13 @@ aof_rewrites() {
 }
 
 measure() {
-  local out=$1 svc=$2 s0 r0 c0
+  local out=$1 svc=$2 s0 r0 k0 c0
   shift 2
+  # A rewrite an earlier step started ends first: its child's CPU is that step's.
+  wait_rewrites
   s0=$(ticks "$svc")
   r0=$(ticks "$REDIS_PID")
+  k0=$(child_ticks "$REDIS_PID")
   c0=$(redis_calls)
   # shellcheck disable=SC2016
   local w0
@@ -210,12 +232,17 @@ measure() {
     wait_folded
     M_DRAIN=$(calc "$(date +%s.%N) - $d0")
   fi
+  # The rewrites this step started: Redis counts their CPU once it has reaped them.
+  wait_rewrites
   M_SVC=$(($(ticks "$svc") - s0))
-  M_REDIS=$(($(ticks "$REDIS_PID") - r0))
+  M_REDIS_CHILDREN=$(($(child_ticks "$REDIS_PID") - k0))
+  M_REDIS=$(($(ticks "$REDIS_PID") - r0 + M_REDIS_CHILDREN))
+  ((M_REDIS_CHILDREN == 0)) ||
+    log "$(basename "$out"): Redis CPU $M_REDIS ticks, $M_REDIS_CHILDREN of them in its AOF-rewrite children"
   M_CALLS=$(($(redis_calls) - c0 - 1)) # minus the INFO that read the first count
   M_CLIENT=$(cat "$out.cpu")
-  printf '{"service_cpu_ticks":%s,"redis_cpu_ticks":%s,"client_cpu_ticks":%s,"clk_tck":%s,"redis_commands":%s}\n' \
-    "$M_SVC" "$M_REDIS" "$M_CLIENT" "$HZ" "$M_CALLS" >"${out%.*}.proc.json"
+  printf '{"service_cpu_ticks":%s,"redis_cpu_ticks":%s,"redis_rewrite_cpu_ticks":%s,"client_cpu_ticks":%s,"clk_tck":%s,"redis_commands":%s}\n' \
+    "$M_SVC" "$M_REDIS" "$M_REDIS_CHILDREN" "$M_CLIENT" "$HZ" "$M_CALLS" >"${out%.*}.proc.json"
 }
 
 # ---------------------------------------------------------------- the table
@@ -436,14 +463,8 @@ bench_step batch-pairs "Redis: batch (Record), pairs" "$DEF" "$SVC_PID" "$SVC" "
 # 15,517 calls/s there, 21,000-32,000 on a fresh Redis). That is the earlier steps'
 # cost: rewrite it now. The rows say whether a rewrite still started during the step.
 settle_aof() {
-  local i
   rcli bgrewriteaof >/dev/null
-  for i in $(seq 1200); do
-    # Both from one snapshot: a scheduled rewrite starts as the running one ends.
-    rcli info persistence | tr -d '\r' | grep -qE '^aof_rewrite_(in_progress|scheduled):1' || return 0
-    sleep 0.1
-  done
-  log "the AOF rewrite before a unary step did not finish in 120 s"
+  wait_rewrites
 }
 wait_folded
 settle_aof
@@ -784,7 +805,7 @@ ratio "bound: pairs, exactly once" "$CORES cores ÷ (null store service + client
   echo "- machine: $(nproc) cores ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)), $(free -h | awk '/^Mem:/ {print $2}') RAM, kernel $(uname -r); load average before $LOAD_BEFORE, after $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "- redis-server $REDIS_VERSION on 127.0.0.1:$REDIS_PORT, started by this script: $REDIS_SETTINGS"
   echo "- each load step ${DUR}; \`tasktime bench\` workload: 50 tasks (Zipf 1.0) × 4 releases × 3 platforms, lognormal durations; service, Redis, client and StatsD share the machine"
-  echo "- CPU columns: µs of CPU (user + system, /proc/<pid>/stat) per event (per request for queries and gate, per op for redis-benchmark, per timer for StatsD); client = the load generator; redis cmds = INFO commandstats calls per event, commands inside the Lua scripts included"
+  echo "- CPU columns: µs of CPU (user + system, /proc/<pid>/stat) per event (per request for queries and gate, per op for redis-benchmark, per timer for StatsD); client = the load generator; redis cmds = INFO commandstats calls per event, commands inside the Lua scripts included; Redis' CPU includes its AOF-rewrite children (cutime + cstime), each counted in the step that started it, which waits for it to end"
   echo "- unary steps: the journals folded and Redis' AOF rewritten just before each (the open loop's rewrite forked Redis for $(fmt "${FORK_US:-0}") µs); the open loop then warms up $OPEN_WARMUP, not counted; AOF rewrites started while they sent: closed loop ${CLOSED_REWRITES:-?}, open loop ${REWRITES:-?}"
   echo
   echo "| step | load | result | p50 µs | p99 µs | service CPU µs | Redis CPU µs | client CPU µs | Redis cmds | service RSS MB | target |"
