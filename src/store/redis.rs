@@ -220,7 +220,16 @@ const FOLD_MAX_ENTRIES: isize = 2048;
 /// more), before it writes them: this bounds the buckets one fold script writes (a
 /// script blocks Redis while it runs, though writing a whole bucket is one `SET`). Each
 /// rolls up into as many as six buckets.
-const FOLD_MAX_FIELDS: usize = 5_000;
+///
+/// A busy task's few seconds of journal hold thousands of distinct fields (a dozen
+/// series, each with a couple of hundred HDR bins in a minute), so at 5,000 its journal
+/// took many folds, and each rewrote the same minute, hour and day buckets whole: in a
+/// 4 s completed stream the hottest task was folded 26 times and bucket writes were 37 %
+/// of the AOF's bytes. At 20,000 each task was folded once (bucket writes 13 %, the AOF
+/// 77 bytes per event instead of 107); the service's CPU per event fell by 12 % (2.70
+/// against 3.06 µs, five 8 s runs each, side by side), and the unary open loop's p99
+/// did not grow.
+const FOLD_MAX_FIELDS: usize = 20_000;
 /// Journals folded at once by the flusher: few, so folds do not queue up behind each
 /// other in Redis.
 const FOLD_CONCURRENCY: usize = 2;
