@@ -650,6 +650,70 @@ mod tests {
     }
 
     #[test]
+    fn a_completed_event_files_its_start_under_the_start_minute_and_its_outcome_under_the_finish_minute() {
+        let succeeded = |id: &str, finish: Micros, duration: Micros| {
+            event(
+                id,
+                finish,
+                EventKind::Completed {
+                    duration,
+                    outcome: Outcome::Succeeded,
+                },
+            )
+        };
+        // T0 starts a minute: "a" runs from T0 + 50 s into the next minute, "b" stays in
+        // the first one.
+        let events = [
+            succeeded("a", T0 + 70 * MICROS_PER_SEC, 20 * MICROS_PER_SEC),
+            succeeded("b", T0 + 30 * MICROS_PER_SEC, 10 * MICROS_PER_SEC),
+        ];
+        let indexed: Vec<_> = events.iter().enumerate().collect();
+        let plan = plan_task(
+            "p",
+            &indexed,
+            RecordsRead::default(),
+            &sem(),
+            T0 + 3600 * MICROS_PER_SEC,
+        );
+        let mut by_minute: HashMap<i64, HashMap<String, i64>> = HashMap::new();
+        for h in plan.increments.hash_writes("p") {
+            let Some((_, rest)) = h.key.split_once(":b:m:") else {
+                continue;
+            };
+            let minute: i64 = rest.split(':').next().unwrap().parse().unwrap();
+            by_minute.entry(minute).or_default().extend(h.fields);
+        }
+        let first = &by_minute[&(T0 / MICROS_PER_SEC)];
+        let second = &by_minute[&(T0 / MICROS_PER_SEC + 60)];
+        assert_eq!(
+            (first["started"], first["fin"]),
+            (2, 2),
+            "both started in the first minute"
+        );
+        assert_eq!(
+            (first["s"], first["sum:s"]),
+            (1, 10_000_000),
+            "b finished in the first minute"
+        );
+        assert_eq!(
+            (second["s"], second["sum:s"]),
+            (1, 20_000_000),
+            "a finished in the second"
+        );
+        assert!(
+            !second.contains_key("started") && !second.contains_key("fin"),
+            "{second:?}"
+        );
+        let bins = |m: &HashMap<String, i64>| {
+            m.iter()
+                .filter(|(k, _)| k.starts_with("s:"))
+                .map(|(_, v)| v)
+                .sum::<i64>()
+        };
+        assert_eq!((bins(first), bins(second)), (1, 1));
+    }
+
+    #[test]
     fn a_finish_before_its_start_is_paired_when_the_start_arrives() {
         let (d, totals) = run(&[
             vec![event("a", T0 + 7_000_000, EventKind::Finish(Outcome::Failed))],
