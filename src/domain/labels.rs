@@ -244,6 +244,13 @@ mod tests {
     fn series_ids_are_stable_across_versions() {
         // Storage keys contain this id: changing the hash would orphan every stored series.
         assert_eq!(labels(&[]).series_id().to_hex(), "2d06800538d394c2");
+        // Built any way, a label set carries the id of its map.
+        assert_eq!(Labels::default().series_id(), labels(&[]).series_id());
+        let map: BTreeMap<String, String> = [("release".to_owned(), "2.4.0".to_owned())].into();
+        assert_eq!(
+            Labels::from_trusted(map).series_id(),
+            labels(&[("release", "2.4.0")]).series_id()
+        );
         // The id of a label set is what the streaming hasher of earlier versions gave.
         let streamed = |l: &Labels| {
             let mut hasher = xxhash_rust::xxh3::Xxh3::new();
