@@ -493,7 +493,7 @@ fn intended(started: Instant, k: u64, per_worker: f64) -> Instant {
 /// timer and waking the worker over a channel is as punctual, but every send then costs
 /// two thread switches: with the generator beside the service on two cores that was 2.0
 /// context switches and about 60 µs of the generator's CPU per unary call at 10,000
-/// calls/s, CPU the service and Redis then lacked.) Elsewhere it is that thread.
+/// calls/s, CPU the service and Redis then lacked.)
 #[cfg(target_os = "linux")]
 struct Pacer {
     timer: tokio::io::unix::AsyncFd<timerfd::TimerFd>,
@@ -501,7 +501,7 @@ struct Pacer {
 
 #[cfg(target_os = "linux")]
 impl Pacer {
-    fn new(_started: Instant, _deadline: Instant, _per_worker: f64) -> std::io::Result<Self> {
+    fn new() -> std::io::Result<Self> {
         let timer = timerfd::TimerFd::new_custom(timerfd::ClockId::Monotonic, true, true)?;
         // `AsyncFd::new` is deprecated for types that may hand it a descriptor they do not
         // own (its replacement is `unsafe`, which this crate forbids). A `TimerFd` owns its
@@ -531,40 +531,19 @@ impl Pacer {
     }
 }
 
-/// The pacer where there is no timerfd: a thread sleeping with the OS timer ticks once
-/// per intended send, over a channel that closes once the deadline has passed.
+/// Where there is no timerfd the pacer is tokio's timer, to the millisecond: a send may
+/// go out up to 1 ms late, and its latency counts that.
 #[cfg(not(target_os = "linux"))]
-struct Pacer {
-    ticks: tokio::sync::mpsc::UnboundedReceiver<()>,
-}
+struct Pacer;
 
 #[cfg(not(target_os = "linux"))]
 impl Pacer {
-    fn new(started: Instant, deadline: Instant, per_worker: f64) -> std::io::Result<Self> {
-        let (tx, ticks) = tokio::sync::mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for k in 0.. {
-                let due = intended(started, k, per_worker);
-                if due >= deadline {
-                    break;
-                }
-                let now = Instant::now();
-                if due > now {
-                    std::thread::sleep(due - now);
-                }
-                if tx.send(()).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Pacer { ticks })
+    fn new() -> std::io::Result<Self> {
+        Ok(Pacer)
     }
 
-    /// Returns at the next tick (`due` is that tick's time), or never once they ended.
-    async fn wait(&mut self, _due: Instant) -> std::io::Result<()> {
-        if self.ticks.recv().await.is_none() {
-            std::future::pending::<()>().await;
-        }
+    async fn wait(&mut self, due: Instant) -> std::io::Result<()> {
+        tokio::time::sleep_until(due.into()).await;
         Ok(())
     }
 }
@@ -611,7 +590,7 @@ async fn unary_worker(
     let mut k: u64 = 0;
     let batch = effective_batch(config).max(1);
     let mut rng = StdRng::seed_from_u64(config.seed.wrapping_add(w as u64));
-    let mut pacer = per_worker.map(|r| Pacer::new(started, deadline, r)).transpose()?;
+    let mut pacer = per_worker.map(|_| Pacer::new()).transpose()?;
     loop {
         let now = Instant::now();
         let next_due = per_worker.map(|r| intended(started, k, r));
@@ -788,7 +767,7 @@ mod tests {
     async fn the_pacer_wakes_at_each_intended_send_time_and_not_before() {
         let started = Instant::now();
         let deadline = started + Duration::from_millis(100);
-        let mut pacer = Pacer::new(started, deadline, 200.0).unwrap();
+        let mut pacer = Pacer::new().unwrap();
         // 200 per second: sends 0 to 19 are due before the deadline, 5 ms apart.
         for k in 0..20 {
             let due = intended(started, k, 200.0);
@@ -803,7 +782,7 @@ mod tests {
     #[tokio::test]
     async fn the_pacer_returns_at_once_for_a_send_already_due() {
         let started = Instant::now();
-        let mut pacer = Pacer::new(started, started + Duration::from_secs(1), 10.0).unwrap();
+        let mut pacer = Pacer::new().unwrap();
         tokio::time::timeout(Duration::from_millis(50), pacer.wait(started))
             .await
             .expect("a past due time does not wait")
