@@ -1,5 +1,5 @@
-//! Microbenchmarks of the pure code on the ingest and query hot paths: converting and
-//! validating one event, bin arithmetic, merging stored bins, percentile extraction,
+//! Microbenchmarks of the pure code on the ingest and query hot paths: decoding,
+//! converting and validating events, bin arithmetic, merging stored bins, percentile extraction,
 //! planning one commit round and folding a task's journal into its buckets. They need no Redis and no tokio, so a change to one of these
 //! functions can be measured on its own (`cargo bench --bench hot_paths`); the whole
 //! service is measured by `bench/run.sh`.
@@ -9,9 +9,11 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use prost::Message as _;
 use tasktime::buckets::Retention;
 use tasktime::domain::{Limits, MICROS_PER_SEC, Micros, TaskEvent, now_micros};
-use tasktime::grpc::convert::{self, EventContext, micros_duration, micros_timestamp};
+use tasktime::grpc::convert::{self, EventContext, LabelCache, micros_duration, micros_timestamp};
+use tasktime::grpc::wire;
 use tasktime::histogram::HistogramConfig;
 use tasktime::ingest::Semantics;
 use tasktime::ingest::plan;
@@ -96,12 +98,43 @@ fn convert_event(c: &mut Criterion) {
         // of the setup, not of the measurement.
         group.bench_function(name, |b| {
             b.iter_batched(
-                || event.clone(),
-                |e| convert::event(0, e, black_box(&ctx)),
+                || wire::from_public(&event),
+                |e| convert::event(0, e, black_box(&ctx), &mut LabelCache::default()),
                 BatchSize::SmallInput,
             )
         });
     }
+    group.finish();
+
+    // A whole request as the service gets it: 1,000 completed events of 12 label sets,
+    // encoded. Decoding it as the public message (a label map of owned strings per
+    // event: what the service did up to stop 13, before converting) against decoding it
+    // as the server's wire message and converting every event (what it does now).
+    let request = pb::RecordRequest {
+        events: (0..1_000)
+            .map(|i| completed_event("checkout", i, now, 31_500_000))
+            .collect(),
+    }
+    .encode_to_vec();
+    let mut group = c.benchmark_group("decode a request");
+    group.throughput(Throughput::Elements(1_000));
+    group.bench_function("public RecordRequest, decode only, 1000 completed", |b| {
+        b.iter(|| pb::RecordRequest::decode(black_box(request.as_slice())).expect("it decodes"))
+    });
+    group.bench_function("wire RecordRequest, decode and convert, 1000 completed", |b| {
+        b.iter(|| {
+            // As tonic hands it over: one buffer the `bytes` fields slice.
+            let buf = bytes::Bytes::copy_from_slice(black_box(&request));
+            let decoded = wire::WireRecordRequest::decode(buf).expect("it decodes");
+            let mut labels = LabelCache::default();
+            decoded
+                .events
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| convert::event(i, e, &ctx, &mut labels).expect("the events are valid"))
+                .collect::<Vec<_>>()
+        })
+    });
     group.finish();
 }
 
@@ -169,7 +202,13 @@ fn plan_round(c: &mut Criterion) {
         .into_iter()
         .enumerate()
         .map(|(i, d)| {
-            convert::event(i, completed_event("checkout", i, now, d), &ctx).expect("the generated events are valid")
+            convert::event(
+                i,
+                wire::from_public(&completed_event("checkout", i, now, d)),
+                &ctx,
+                &mut LabelCache::default(),
+            )
+            .expect("the generated events are valid")
         })
         .collect();
     let group_events: Vec<(usize, &TaskEvent)> = events.iter().enumerate().collect();
@@ -214,8 +253,8 @@ fn fold_journal(c: &mut Criterion) {
                 .iter()
                 .enumerate()
                 .map(|(i, d)| {
-                    convert::event(i, completed_event("checkout", round * 1_000 + i, now, *d), &ctx)
-                        .expect("the generated events are valid")
+                    let e = wire::from_public(&completed_event("checkout", round * 1_000 + i, now, *d));
+                    convert::event(i, e, &ctx, &mut LabelCache::default()).expect("the generated events are valid")
                 })
                 .collect();
             let indexed: Vec<(usize, &TaskEvent)> = events.iter().enumerate().collect();

@@ -191,7 +191,9 @@ impl App {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(pb::ingest_service_server::IngestServiceServer::new(ingest))
+            .add_service(crate::grpc::wire::ingest_service_server::IngestServiceServer::new(
+                ingest,
+            ))
             .add_service(pb::query_service_server::QueryServiceServer::new(query))
             .add_service(pb::gate_service_server::GateServiceServer::new(gate))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain);

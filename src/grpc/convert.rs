@@ -2,12 +2,16 @@
 //! names the field as the client sent it (`events[3].finish.outcome`).
 
 use std::collections::BTreeMap;
+use std::hash::{Hash as _, Hasher as _};
+
+use rustc_hash::{FxHashMap, FxHasher};
 
 use crate::domain::{
     DEFAULT_PERCENTILES, DomainError, EventKind, InstanceId, LabelFilter, Labels, Limits, MICROS_PER_SEC, Micros,
     Outcome, Selector, TaskEvent, TaskName, Tenant, TimeRange,
 };
 use crate::grpc::status::Violation;
+use crate::grpc::wire;
 use crate::pb;
 use crate::query::Stats;
 
@@ -86,8 +90,64 @@ fn outcome(field: &str, value: i32) -> Result<Outcome, String> {
     }
 }
 
-/// Converts and validates one event of a request; the error is the reason for the client.
-pub fn event(index: usize, e: pb::TaskEvent, ctx: &EventContext) -> Result<TaskEvent, String> {
+/// A `bytes` field of the wire request as the `string` the API declares it: the error
+/// names the field (relative to the event) and where its UTF-8 breaks.
+fn utf8<'a>(field: &dyn std::fmt::Display, bytes: &'a [u8]) -> Result<&'a str, String> {
+    std::str::from_utf8(bytes).map_err(|e| format!("{field} is not valid UTF-8 ({e})"))
+}
+
+/// The label sets of one request, each checked once: the events of a request mostly
+/// carry a handful of distinct sets (a release and a platform), and each event's set is
+/// looked up by the entries as they were sent, not built and checked again. A set that
+/// fails its check is not kept (every event that carries it is rejected on its own).
+#[derive(Debug, Default)]
+pub struct LabelCache {
+    /// Hash of the entries as sent -> those entries and their labels.
+    sets: FxHashMap<u64, (Vec<wire::WireLabel>, Labels)>,
+}
+
+impl LabelCache {
+    /// The labels of `entries` (a protobuf map as sent: a key sent twice keeps its last
+    /// value), checked against `limits`. Errors name the field relative to the event
+    /// (`labels[release] ...`).
+    fn labels(&mut self, entries: Vec<wire::WireLabel>, limits: &Limits) -> Result<Labels, String> {
+        if entries.is_empty() {
+            return Ok(Labels::default());
+        }
+        let mut hasher = FxHasher::default();
+        for l in &entries {
+            l.key.hash(&mut hasher);
+            l.value.hash(&mut hasher);
+        }
+        let hash = hasher.finish();
+        if let Some((sent, labels)) = self.sets.get(&hash) {
+            if *sent == entries {
+                return Ok(labels.clone());
+            }
+        }
+        let mut map = BTreeMap::new();
+        for l in &entries {
+            let key = utf8(&"labels key", &l.key)?;
+            let value = utf8(&format_args!("labels[{key}]"), &l.value)?;
+            map.insert(key.to_owned(), value.to_owned());
+        }
+        let labels =
+            Labels::parse_map("labels", map, limits.max_labels, limits.max_label_value_bytes).map_err(domain)?;
+        // On a hash collision the first set keeps its place; the other is checked anew each time.
+        self.sets.entry(hash).or_insert_with(|| (entries, labels.clone()));
+        Ok(labels)
+    }
+}
+
+/// Converts and validates one event of a request (as the server decodes it, see
+/// [`wire`]); `labels` keeps the label sets of the request seen so far. The error is the
+/// reason for the client.
+pub fn event(
+    index: usize,
+    e: wire::WireTaskEvent,
+    ctx: &EventContext,
+    labels: &mut LabelCache,
+) -> Result<TaskEvent, String> {
     let f = |name: &str| format!("events[{index}].{name}");
     let Some(kind) = e.kind else {
         return Err(format!(
@@ -97,8 +157,10 @@ pub fn event(index: usize, e: pb::TaskEvent, ctx: &EventContext) -> Result<TaskE
     // Checks name the field relative to the event (`task`); an error gets the event's
     // `events[i].` in front, so nothing is formatted for the events that pass.
     let within = |reason: String| format!("events[{index}].{reason}");
-    let task = TaskName::parse("task", e.task).map_err(|e| within(domain(e)))?;
-    let instance_id = InstanceId::parse("instance_id", e.instance_id).map_err(|e| within(domain(e)))?;
+    let task = utf8(&"task", &e.task).map_err(within)?;
+    let task = TaskName::parse("task", task.to_owned()).map_err(|e| within(domain(e)))?;
+    let instance_id = utf8(&"instance_id", &e.instance_id).map_err(within)?;
+    let instance_id = InstanceId::parse("instance_id", instance_id.to_owned()).map_err(|e| within(domain(e)))?;
     let at = match &e.at {
         Some(ts) => timestamp_micros("at", ts).map_err(within)?,
         None => ctx.now,
@@ -120,12 +182,12 @@ pub fn event(index: usize, e: pb::TaskEvent, ctx: &EventContext) -> Result<TaskE
         ));
     }
     let (kind, takes_labels) = match kind {
-        pb::task_event::Kind::Start(_) => (EventKind::Start, true),
-        pb::task_event::Kind::Finish(fin) => (
+        wire::wire_task_event::Kind::Start(_) => (EventKind::Start, true),
+        wire::wire_task_event::Kind::Finish(fin) => (
             EventKind::Finish(outcome("finish.outcome", fin.outcome).map_err(within)?),
             false,
         ),
-        pb::task_event::Kind::Completed(c) => {
+        wire::wire_task_event::Kind::Completed(c) => {
             let Some(d) = &c.duration else {
                 return Err(format!(
                     "{} is missing: a completed event carries its duration",
@@ -146,13 +208,7 @@ pub fn event(index: usize, e: pb::TaskEvent, ctx: &EventContext) -> Result<TaskE
     };
     // Labels on a finish are ignored (the start's labels name the series) but still checked,
     // so a client learns about a bad label on the first event that carries it.
-    let labels = Labels::parse_map(
-        "labels",
-        e.labels,
-        ctx.limits.max_labels,
-        ctx.limits.max_label_value_bytes,
-    )
-    .map_err(|e| within(domain(e)))?;
+    let labels = labels.labels(e.labels, &ctx.limits).map_err(within)?;
     Ok(TaskEvent {
         tenant: Tenant::default_tenant(),
         task,
@@ -299,17 +355,140 @@ mod tests {
         }
     }
 
+    /// Converts a public event the way the server receives it: encoded, decoded as a
+    /// wire event, converted.
+    fn convert(index: usize, e: pb::TaskEvent) -> Result<TaskEvent, String> {
+        event(index, wire::from_public(&e), &ctx(), &mut LabelCache::default())
+    }
+
+    fn with_labels(pairs: &[(&str, &str)]) -> pb::TaskEvent {
+        pb::TaskEvent {
+            labels: pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            ..start("checkout", "a")
+        }
+    }
+
+    fn wire_label(key: &[u8], value: &[u8]) -> wire::WireLabel {
+        wire::WireLabel {
+            key: key.to_vec().into(),
+            value: value.to_vec().into(),
+        }
+    }
+
     #[test]
     fn a_missing_timestamp_is_the_receive_time() {
-        let e = event(0, start("checkout", "a"), &ctx()).unwrap();
+        let e = convert(0, start("checkout", "a")).unwrap();
         assert_eq!(e.at, NOW);
+    }
+
+    #[test]
+    fn events_with_the_same_labels_share_one_checked_set() {
+        let mut cache = LabelCache::default();
+        let mut convert = |e: wire::WireTaskEvent| event(0, e, &ctx(), &mut cache).unwrap();
+        let a = convert(wire::from_public(&with_labels(&[
+            ("release", "1"),
+            ("platform", "ios"),
+        ])));
+        let b = convert(wire::from_public(&with_labels(&[
+            ("release", "1"),
+            ("platform", "ios"),
+        ])));
+        let d = convert(wire::from_public(&with_labels(&[
+            ("release", "2"),
+            ("platform", "ios"),
+        ])));
+        // Another client may send the entries in another order: the same labels.
+        let reversed = convert(wire::WireTaskEvent {
+            labels: vec![wire_label(b"release", b"1"), wire_label(b"platform", b"ios")],
+            ..wire::from_public(&start("checkout", "b"))
+        });
+        assert_eq!(a.labels, b.labels);
+        assert_eq!(a.labels, reversed.labels, "the order sent does not matter");
+        assert_ne!(a.labels, d.labels);
+        assert_eq!(d.labels.get("release"), Some("2"));
+        assert_eq!(
+            a.labels.series_id(),
+            Labels::from_trusted(a.labels.as_map().clone()).series_id()
+        );
+        assert_eq!(a.labels.series_id(), reversed.labels.series_id());
+        // Three sets as sent: a's and b's (the public encoding sorts the keys), d's and
+        // the reversed one.
+        assert_eq!(cache.sets.len(), 3);
+    }
+
+    #[test]
+    fn a_key_sent_twice_keeps_its_last_value_as_in_a_map() {
+        let sent = wire::WireTaskEvent {
+            labels: vec![wire_label(b"release", b"1"), wire_label(b"release", b"2")],
+            ..wire::from_public(&start("checkout", "a"))
+        };
+        let e = event(0, sent, &ctx(), &mut LabelCache::default()).unwrap();
+        assert_eq!(e.labels.iter().collect::<Vec<_>>(), vec![("release", "2")]);
+    }
+
+    #[test]
+    fn bad_labels_are_rejected_each_time_they_come() {
+        let mut cache = LabelCache::default();
+        let too_long = "x".repeat(Limits::default().max_label_value_bytes + 1);
+        for i in 0..2 {
+            let err = event(
+                i,
+                wire::from_public(&with_labels(&[("release", &too_long)])),
+                &ctx(),
+                &mut cache,
+            )
+            .unwrap_err();
+            assert!(err.starts_with(&format!("events[{i}].labels[release]")), "{err}");
+        }
+        assert!(cache.sets.is_empty(), "a set that fails its check is not kept");
+        let err = convert(3, with_labels(&[("Release", "1")])).unwrap_err();
+        assert!(err.starts_with("events[3].labels key `Release`"), "{err}");
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_is_rejected_naming_its_field() {
+        let good = || wire::from_public(&start("checkout", "a"));
+        let cases = [
+            (
+                wire::WireTaskEvent {
+                    task: b"check\xffout".to_vec().into(),
+                    ..good()
+                },
+                "events[0].task is not valid UTF-8 (invalid utf-8 sequence of 1 bytes from index 5)",
+            ),
+            (
+                wire::WireTaskEvent {
+                    instance_id: b"\xc3".to_vec().into(),
+                    ..good()
+                },
+                "events[0].instance_id is not valid UTF-8",
+            ),
+            (
+                wire::WireTaskEvent {
+                    labels: vec![wire_label(b"rel\xe9ase", b"1")],
+                    ..good()
+                },
+                "events[0].labels key is not valid UTF-8",
+            ),
+            (
+                wire::WireTaskEvent {
+                    labels: vec![wire_label(b"release", b"\x80")],
+                    ..good()
+                },
+                "events[0].labels[release] is not valid UTF-8",
+            ),
+        ];
+        for (e, expected) in cases {
+            let err = event(0, e, &ctx(), &mut LabelCache::default()).unwrap_err();
+            assert!(err.starts_with(expected), "{err:?} should start with {expected:?}");
+        }
     }
 
     #[test]
     fn a_timestamp_beyond_the_skew_limit_is_rejected_with_both_durations() {
         let mut e = start("checkout", "a");
         e.at = Some(micros_timestamp(NOW + 10 * 60 * MICROS_PER_SEC));
-        let err = event(4, e, &ctx()).unwrap_err();
+        let err = convert(4, e).unwrap_err();
         assert_eq!(err, "events[4].at is 10m ahead of the server's clock; the limit is 5m");
     }
 
@@ -345,7 +524,7 @@ mod tests {
             ),
         ];
         for (e, expected) in cases {
-            let err = event(0, e, &ctx()).unwrap_err();
+            let err = convert(0, e).unwrap_err();
             assert!(err.starts_with(expected), "{err:?} should start with {expected:?}");
         }
     }

@@ -16,11 +16,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::domain::{Limits, Micros, now_micros};
-use crate::grpc::convert::{self, EventContext};
+use crate::grpc::convert::{self, EventContext, LabelCache};
 use crate::grpc::status::{self, Violation};
+use crate::grpc::wire::WireRecordRequest;
+use crate::grpc::wire::ingest_service_server::IngestService;
 use crate::ingest::{Disposition, IngestError, IngestHandle};
 use crate::pb;
-use crate::pb::ingest_service_server::IngestService;
 
 /// The ingest service. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -88,7 +89,7 @@ impl IngestApi {
     /// deadline less a margin) at the latest.
     async fn process(
         &self,
-        request: pb::RecordRequest,
+        request: WireRecordRequest,
         answer_by: Option<Instant>,
     ) -> Result<pb::RecordResponse, Status> {
         let started = Instant::now();
@@ -110,8 +111,9 @@ impl IngestApi {
         let mut valid = Vec::with_capacity(n);
         let mut valid_index = Vec::with_capacity(n);
         let mut rejected = Vec::new();
+        let mut labels = LabelCache::default();
         for (i, e) in request.events.into_iter().enumerate() {
-            match convert::event(i, e, &ctx) {
+            match convert::event(i, e, &ctx, &mut labels) {
                 Ok(event) => {
                     valid.push(event);
                     valid_index.push(i);
@@ -160,7 +162,7 @@ type ResponseStream = Pin<Box<dyn futures::Stream<Item = Result<pb::RecordRespon
 #[tonic::async_trait]
 impl IngestService for IngestApi {
     #[tracing::instrument(skip_all, fields(events = request.get_ref().events.len()))]
-    async fn record(&self, request: Request<pb::RecordRequest>) -> Result<Response<pb::RecordResponse>, Status> {
+    async fn record(&self, request: Request<WireRecordRequest>) -> Result<Response<pb::RecordResponse>, Status> {
         let answer_by = client_deadline(request.metadata(), Instant::now());
         self.process(request.into_inner(), answer_by).await.map(Response::new)
     }
@@ -172,7 +174,7 @@ impl IngestService for IngestApi {
     /// the stream with UNAVAILABLE so the client resends what got no response.
     async fn record_stream(
         &self,
-        request: Request<Streaming<pb::RecordRequest>>,
+        request: Request<Streaming<WireRecordRequest>>,
     ) -> Result<Response<Self::RecordStreamStream>, Status> {
         // A stream's deadline covers the whole stream; no request waits past it.
         let answer_by = client_deadline(request.metadata(), Instant::now());

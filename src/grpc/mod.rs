@@ -7,6 +7,7 @@ pub use gate::GateApi;
 pub mod ingest;
 pub mod query;
 pub mod status;
+pub mod wire;
 
 pub use ingest::IngestApi;
 pub use query::QueryApi;

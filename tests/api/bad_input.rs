@@ -285,7 +285,115 @@ async fn a_bad_stats_request_lists_every_violation(backend: Backend) {
     .expect("test finished in time");
 }
 
+/// Text fields that are not UTF-8 (which a client in a language without checked strings
+/// can send) reject their event, naming the field, and the rest of the batch is applied:
+/// the server decodes them as bytes and checks each one itself.
+async fn text_that_is_not_utf8_rejects_its_event_only(backend: Backend) {
+    use prost::Message as _;
+    use tasktime::grpc::wire::{WireLabel, WireRecordRequest, WireTaskEvent, from_public};
+
+    tokio::time::timeout(BOUND, async {
+        let app = spawn_app(backend).await;
+        let t = now() - MINUTE;
+        let good = |id: &str| {
+            from_public(&completed(
+                "utf8",
+                id,
+                t,
+                SEC,
+                pb::Outcome::Succeeded,
+                &[("release", "1")],
+            ))
+        };
+        let request = WireRecordRequest {
+            events: vec![
+                good("a"),
+                WireTaskEvent {
+                    instance_id: b"b\xff".to_vec().into(),
+                    ..good("b")
+                },
+                WireTaskEvent {
+                    labels: vec![WireLabel {
+                        key: b"release".to_vec().into(),
+                        value: b"1.\xc0".to_vec().into(),
+                    }],
+                    ..good("c")
+                },
+                good("d"),
+            ],
+        };
+        // The public client cannot encode such strings: a raw gRPC call with the bytes.
+        let mut grpc = tonic::client::Grpc::new(app.channel.clone());
+        grpc.ready().await.expect("the channel is ready");
+        let response: pb::RecordResponse = grpc
+            .unary(
+                tonic::Request::new(request.encode_to_vec()),
+                tonic::codegen::http::uri::PathAndQuery::from_static("/tasktime.v1.IngestService/Record"),
+                RawCodec,
+            )
+            .await
+            .expect("a batch with bad events is a partial success")
+            .into_inner();
+        assert_eq!(response.accepted, 2, "{response:?}");
+        let reasons: Vec<(u32, &str)> = response.rejected.iter().map(|e| (e.index, e.reason.as_str())).collect();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert_eq!(reasons[0].0, 1);
+        assert!(
+            reasons[0].1.starts_with("events[1].instance_id is not valid UTF-8"),
+            "{reasons:?}"
+        );
+        assert_eq!(reasons[1].0, 2);
+        assert!(
+            reasons[1].1.starts_with("events[2].labels[release] is not valid UTF-8"),
+            "{reasons:?}"
+        );
+        let mut query = app.query.clone();
+        let s = stats(
+            &mut query,
+            stats_request("utf8", floor_minute(t) - MINUTE, floor_minute(now()) + 2 * MINUTE),
+        )
+        .await;
+        assert_eq!(s.count, 2, "{s:?}");
+        app.stop().await;
+    })
+    .await
+    .expect("test finished in time");
+}
+
+/// Sends bytes as they are and decodes the answer as a `RecordResponse`.
+#[derive(Clone, Copy)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = pb::RecordResponse;
+    type Encoder = RawEncoder;
+    type Decoder = tonic_prost::ProstDecoder<pb::RecordResponse>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::default()
+    }
+}
+
+struct RawEncoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut as _;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
 crate::both_stores!(
+    text_that_is_not_utf8_rejects_its_event_only,
     a_mixed_batch_applies_the_valid_events_and_names_each_bad_one,
     a_request_over_the_event_limit_is_invalid_argument_on_events,
     a_bad_stats_request_lists_every_violation,
