@@ -329,7 +329,7 @@ async fn text_that_is_not_utf8_rejects_its_event_only(backend: Backend) {
             .unary(
                 tonic::Request::new(request.encode_to_vec()),
                 tonic::codegen::http::uri::PathAndQuery::from_static("/tasktime.v1.IngestService/Record"),
-                RawCodec,
+                tasktime::bench::EncodedCodec,
             )
             .await
             .expect("a batch with bad events is a partial success")
@@ -358,38 +358,6 @@ async fn text_that_is_not_utf8_rejects_its_event_only(backend: Backend) {
     })
     .await
     .expect("test finished in time");
-}
-
-/// Sends bytes as they are and decodes the answer as a `RecordResponse`.
-#[derive(Clone, Copy)]
-struct RawCodec;
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = pb::RecordResponse;
-    type Encoder = RawEncoder;
-    type Decoder = tonic_prost::ProstDecoder<pb::RecordResponse>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawEncoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        tonic_prost::ProstDecoder::default()
-    }
-}
-
-struct RawEncoder;
-
-impl tonic::codec::Encoder for RawEncoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        use bytes::BufMut as _;
-        dst.put_slice(&item);
-        Ok(())
-    }
 }
 
 crate::both_stores!(
