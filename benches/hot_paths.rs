@@ -12,7 +12,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use prost::Message as _;
 use tasktime::buckets::Retention;
 use tasktime::domain::{Limits, MICROS_PER_SEC, Micros, TaskEvent, now_micros};
-use tasktime::grpc::convert::{self, EventContext, LabelCache, micros_duration, micros_timestamp};
+use tasktime::grpc::convert::{self, EventContext, RequestCache, micros_duration, micros_timestamp};
 use tasktime::grpc::wire;
 use tasktime::histogram::HistogramConfig;
 use tasktime::ingest::Semantics;
@@ -99,7 +99,7 @@ fn convert_event(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter_batched(
                 || wire::from_public(&event),
-                |e| convert::event(0, e, black_box(&ctx), &mut LabelCache::default()),
+                |e| convert::event(0, e, black_box(&ctx), &mut RequestCache::default()),
                 BatchSize::SmallInput,
             )
         });
@@ -126,12 +126,12 @@ fn convert_event(c: &mut Criterion) {
             // As tonic hands it over: one buffer the `bytes` fields slice.
             let buf = bytes::Bytes::copy_from_slice(black_box(&request));
             let decoded = wire::WireRecordRequest::decode(buf).expect("it decodes");
-            let mut labels = LabelCache::default();
+            let mut cache = RequestCache::default();
             decoded
                 .events
                 .into_iter()
                 .enumerate()
-                .map(|(i, e)| convert::event(i, e, &ctx, &mut labels).expect("the events are valid"))
+                .map(|(i, e)| convert::event(i, e, &ctx, &mut cache).expect("the events are valid"))
                 .collect::<Vec<_>>()
         })
     });
@@ -206,7 +206,7 @@ fn plan_round(c: &mut Criterion) {
                 i,
                 wire::from_public(&completed_event("checkout", i, now, d)),
                 &ctx,
-                &mut LabelCache::default(),
+                &mut RequestCache::default(),
             )
             .expect("the generated events are valid")
         })
@@ -254,7 +254,7 @@ fn fold_journal(c: &mut Criterion) {
                 .enumerate()
                 .map(|(i, d)| {
                     let e = wire::from_public(&completed_event("checkout", round * 1_000 + i, now, *d));
-                    convert::event(i, e, &ctx, &mut LabelCache::default()).expect("the generated events are valid")
+                    convert::event(i, e, &ctx, &mut RequestCache::default()).expect("the generated events are valid")
                 })
                 .collect();
             let indexed: Vec<(usize, &TaskEvent)> = events.iter().enumerate().collect();

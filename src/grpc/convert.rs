@@ -96,17 +96,30 @@ fn utf8<'a>(field: &dyn std::fmt::Display, bytes: &'a [u8]) -> Result<&'a str, S
     std::str::from_utf8(bytes).map_err(|e| format!("{field} is not valid UTF-8 ({e})"))
 }
 
-/// The label sets of one request, each checked once: the events of a request mostly
-/// carry a handful of distinct sets (a release and a platform), and each event's set is
-/// looked up by the entries as they were sent, not built and checked again. A set that
-/// fails its check is not kept (every event that carries it is rejected on its own).
+/// What the events of one request share, each checked once: the events of a request
+/// mostly name a few tasks and carry a handful of distinct label sets (a release and a
+/// platform). Each event's task and labels are looked up by the bytes as they were
+/// sent, not built and checked again. What fails its check is not kept (every event
+/// that carries it is rejected on its own).
 #[derive(Debug, Default)]
-pub struct LabelCache {
-    /// Hash of the entries as sent -> those entries and their labels.
+pub struct RequestCache {
+    /// Task names as sent -> the checked name.
+    tasks: FxHashMap<bytes::Bytes, TaskName>,
+    /// Hash of the label entries as sent -> those entries and their labels.
     sets: FxHashMap<u64, (Vec<wire::WireLabel>, Labels)>,
 }
 
-impl LabelCache {
+impl RequestCache {
+    /// The checked task name of `sent`; errors name the field `task`.
+    fn task(&mut self, sent: bytes::Bytes) -> Result<TaskName, String> {
+        if let Some(task) = self.tasks.get(&sent) {
+            return Ok(task.clone());
+        }
+        let task = TaskName::parse("task", utf8(&"task", &sent)?.to_owned()).map_err(domain)?;
+        self.tasks.insert(sent, task.clone());
+        Ok(task)
+    }
+
     /// The labels of `entries` (a protobuf map as sent: a key sent twice keeps its last
     /// value), checked against `limits`. Errors name the field relative to the event
     /// (`labels[release] ...`).
@@ -140,13 +153,13 @@ impl LabelCache {
 }
 
 /// Converts and validates one event of a request (as the server decodes it, see
-/// [`wire`]); `labels` keeps the label sets of the request seen so far. The error is the
-/// reason for the client.
+/// [`wire`]); `cache` keeps the task names and label sets of the request seen so far.
+/// The error is the reason for the client.
 pub fn event(
     index: usize,
     e: wire::WireTaskEvent,
     ctx: &EventContext,
-    labels: &mut LabelCache,
+    cache: &mut RequestCache,
 ) -> Result<TaskEvent, String> {
     let f = |name: &str| format!("events[{index}].{name}");
     let Some(kind) = e.kind else {
@@ -157,8 +170,7 @@ pub fn event(
     // Checks name the field relative to the event (`task`); an error gets the event's
     // `events[i].` in front, so nothing is formatted for the events that pass.
     let within = |reason: String| format!("events[{index}].{reason}");
-    let task = utf8(&"task", &e.task).map_err(within)?;
-    let task = TaskName::parse("task", task.to_owned()).map_err(|e| within(domain(e)))?;
+    let task = cache.task(e.task).map_err(within)?;
     let instance_id = utf8(&"instance_id", &e.instance_id).map_err(within)?;
     let instance_id = InstanceId::parse("instance_id", instance_id.to_owned()).map_err(|e| within(domain(e)))?;
     let at = match &e.at {
@@ -208,7 +220,7 @@ pub fn event(
     };
     // Labels on a finish are ignored (the start's labels name the series) but still checked,
     // so a client learns about a bad label on the first event that carries it.
-    let labels = labels.labels(e.labels, &ctx.limits).map_err(within)?;
+    let labels = cache.labels(e.labels, &ctx.limits).map_err(within)?;
     Ok(TaskEvent {
         tenant: Tenant::default_tenant(),
         task,
@@ -358,7 +370,7 @@ mod tests {
     /// Converts a public event the way the server receives it: encoded, decoded as a
     /// wire event, converted.
     fn convert(index: usize, e: pb::TaskEvent) -> Result<TaskEvent, String> {
-        event(index, wire::from_public(&e), &ctx(), &mut LabelCache::default())
+        event(index, wire::from_public(&e), &ctx(), &mut RequestCache::default())
     }
 
     fn with_labels(pairs: &[(&str, &str)]) -> pb::TaskEvent {
@@ -383,7 +395,7 @@ mod tests {
 
     #[test]
     fn events_with_the_same_labels_share_one_checked_set() {
-        let mut cache = LabelCache::default();
+        let mut cache = RequestCache::default();
         let mut convert = |e: wire::WireTaskEvent| event(0, e, &ctx(), &mut cache).unwrap();
         let a = convert(wire::from_public(&with_labels(&[
             ("release", "1"),
@@ -412,8 +424,21 @@ mod tests {
         );
         assert_eq!(a.labels.series_id(), reversed.labels.series_id());
         // Three sets as sent: a's and b's (the public encoding sorts the keys), d's and
-        // the reversed one.
+        // the reversed one; one task.
         assert_eq!(cache.sets.len(), 3);
+        assert_eq!(cache.tasks.len(), 1);
+    }
+
+    #[test]
+    fn a_bad_task_name_is_rejected_each_time_it_comes() {
+        let mut cache = RequestCache::default();
+        for i in 0..2 {
+            let err = event(i, wire::from_public(&start("Check Out", "a")), &ctx(), &mut cache).unwrap_err();
+            assert!(err.starts_with(&format!("events[{i}].task `Check Out`")), "{err}");
+        }
+        assert!(cache.tasks.is_empty(), "a name that fails its check is not kept");
+        let e = event(2, wire::from_public(&start("checkout", "a")), &ctx(), &mut cache).unwrap();
+        assert_eq!(e.task.as_str(), "checkout");
     }
 
     #[test]
@@ -422,13 +447,13 @@ mod tests {
             labels: vec![wire_label(b"release", b"1"), wire_label(b"release", b"2")],
             ..wire::from_public(&start("checkout", "a"))
         };
-        let e = event(0, sent, &ctx(), &mut LabelCache::default()).unwrap();
+        let e = event(0, sent, &ctx(), &mut RequestCache::default()).unwrap();
         assert_eq!(e.labels.iter().collect::<Vec<_>>(), vec![("release", "2")]);
     }
 
     #[test]
     fn bad_labels_are_rejected_each_time_they_come() {
-        let mut cache = LabelCache::default();
+        let mut cache = RequestCache::default();
         let too_long = "x".repeat(Limits::default().max_label_value_bytes + 1);
         for i in 0..2 {
             let err = event(
@@ -479,7 +504,7 @@ mod tests {
             ),
         ];
         for (e, expected) in cases {
-            let err = event(0, e, &ctx(), &mut LabelCache::default()).unwrap_err();
+            let err = event(0, e, &ctx(), &mut RequestCache::default()).unwrap_err();
             assert!(err.starts_with(expected), "{err:?} should start with {expected:?}");
         }
     }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::domain::{Limits, Micros, now_micros};
-use crate::grpc::convert::{self, EventContext, LabelCache};
+use crate::grpc::convert::{self, EventContext, RequestCache};
 use crate::grpc::status::{self, Violation};
 use crate::grpc::wire::WireRecordRequest;
 use crate::grpc::wire::ingest_service_server::IngestService;
@@ -111,9 +111,9 @@ impl IngestApi {
         let mut valid = Vec::with_capacity(n);
         let mut valid_index = Vec::with_capacity(n);
         let mut rejected = Vec::new();
-        let mut labels = LabelCache::default();
+        let mut cache = RequestCache::default();
         for (i, e) in request.events.into_iter().enumerate() {
-            match convert::event(i, e, &ctx, &mut labels) {
+            match convert::event(i, e, &ctx, &mut cache) {
                 Ok(event) => {
                     valid.push(event);
                     valid_index.push(i);
