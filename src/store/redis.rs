@@ -335,7 +335,13 @@ impl RedisStore {
     /// # Errors
     /// When the URL is not a Redis URL.
     pub fn open(url: &str, timeouts: RedisTimeouts, sem: Arc<Semantics>) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)
+        let info = redis::IntoConnectionInfo::into_connection_info(url)
+            .map_err(|e| StoreError::Internal(format!("the Redis URL `{url}` is not valid: {e}")))?
+            // Without TCP_NODELAY a command written while the one before is unacknowledged
+            // waits for that acknowledgement (Nagle's algorithm): commit rounds and folds
+            // share the connections, many in flight at once.
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info)
             .map_err(|e| StoreError::Internal(format!("the Redis URL `{url}` is not valid: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeouts.connect))
