@@ -101,22 +101,45 @@ fn utf8<'a>(field: &dyn std::fmt::Display, bytes: &'a [u8]) -> Result<&'a str, S
 /// platform). Each event's task and labels are looked up by the bytes as they were
 /// sent, not built and checked again. What fails its check is not kept (every event
 /// that carries it is rejected on its own).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RequestCache {
+    /// Whether to keep anything: not for a request of one event (a unary call), which
+    /// would only pay for the keeping.
+    keep: bool,
     /// Task names as sent -> the checked name.
     tasks: FxHashMap<bytes::Bytes, TaskName>,
     /// Hash of the label entries as sent -> those entries and their labels.
     sets: FxHashMap<u64, (Vec<wire::WireLabel>, Labels)>,
 }
 
+impl Default for RequestCache {
+    fn default() -> Self {
+        RequestCache {
+            keep: true,
+            tasks: FxHashMap::default(),
+            sets: FxHashMap::default(),
+        }
+    }
+}
+
 impl RequestCache {
+    /// The cache for a request of `events` events.
+    pub fn for_events(events: usize) -> Self {
+        RequestCache {
+            keep: events > 1,
+            ..RequestCache::default()
+        }
+    }
+
     /// The checked task name of `sent`; errors name the field `task`.
     fn task(&mut self, sent: bytes::Bytes) -> Result<TaskName, String> {
         if let Some(task) = self.tasks.get(&sent) {
             return Ok(task.clone());
         }
         let task = TaskName::parse("task", utf8(&"task", &sent)?.to_owned()).map_err(domain)?;
-        self.tasks.insert(sent, task.clone());
+        if self.keep {
+            self.tasks.insert(sent, task.clone());
+        }
         Ok(task)
     }
 
@@ -127,13 +150,15 @@ impl RequestCache {
         if entries.is_empty() {
             return Ok(Labels::default());
         }
-        let mut hasher = FxHasher::default();
-        for l in &entries {
-            l.key.hash(&mut hasher);
-            l.value.hash(&mut hasher);
-        }
-        let hash = hasher.finish();
-        if let Some((sent, labels)) = self.sets.get(&hash) {
+        let hash = self.keep.then(|| {
+            let mut hasher = FxHasher::default();
+            for l in &entries {
+                l.key.hash(&mut hasher);
+                l.value.hash(&mut hasher);
+            }
+            hasher.finish()
+        });
+        if let Some((sent, labels)) = hash.and_then(|hash| self.sets.get(&hash)) {
             if *sent == entries {
                 return Ok(labels.clone());
             }
@@ -147,7 +172,9 @@ impl RequestCache {
         let labels =
             Labels::parse_map("labels", map, limits.max_labels, limits.max_label_value_bytes).map_err(domain)?;
         // On a hash collision the first set keeps its place; the other is checked anew each time.
-        self.sets.entry(hash).or_insert_with(|| (entries, labels.clone()));
+        if let Some(hash) = hash {
+            self.sets.entry(hash).or_insert_with(|| (entries, labels.clone()));
+        }
         Ok(labels)
     }
 }
@@ -427,6 +454,22 @@ mod tests {
         // the reversed one; one task.
         assert_eq!(cache.sets.len(), 3);
         assert_eq!(cache.tasks.len(), 1);
+    }
+
+    #[test]
+    fn a_request_of_one_event_keeps_nothing() {
+        let mut cache = RequestCache::for_events(1);
+        let e = event(
+            0,
+            wire::from_public(&with_labels(&[("release", "1")])),
+            &ctx(),
+            &mut cache,
+        )
+        .unwrap();
+        assert_eq!(e.labels.get("release"), Some("1"));
+        assert_eq!(e.task.as_str(), "checkout");
+        assert!(cache.sets.is_empty() && cache.tasks.is_empty());
+        assert!(RequestCache::for_events(2).keep);
     }
 
     #[test]

@@ -111,7 +111,7 @@ impl IngestApi {
         let mut valid = Vec::with_capacity(n);
         let mut valid_index = Vec::with_capacity(n);
         let mut rejected = Vec::new();
-        let mut cache = RequestCache::default();
+        let mut cache = RequestCache::for_events(n);
         for (i, e) in request.events.into_iter().enumerate() {
             match convert::event(i, e, &ctx, &mut cache) {
                 Ok(event) => {
