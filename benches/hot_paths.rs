@@ -99,11 +99,23 @@ fn convert_event(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter_batched(
                 || wire::from_public(&event),
-                |e| convert::event(0, e, black_box(&ctx), &mut RequestCache::default()),
+                |e| convert::event(0, e, black_box(&ctx), &mut RequestCache::for_events(1)),
                 BatchSize::SmallInput,
             )
         });
     }
+    // As the events of a request after its first with the same task and labels: both
+    // found in the request's cache.
+    let completed = wire::from_public(&completed_event("checkout", 7, now, 31_500_000));
+    let mut cache = RequestCache::default();
+    convert::event(0, completed.clone(), &ctx, &mut cache).expect("valid");
+    group.bench_function("completed, task and labels seen in the request", |b| {
+        b.iter_batched(
+            || completed.clone(),
+            |e| convert::event(1, e, black_box(&ctx), &mut cache),
+            BatchSize::SmallInput,
+        )
+    });
     group.finish();
 
     // A whole request as the service gets it: 1,000 completed events of 12 label sets,
