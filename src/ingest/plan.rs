@@ -64,28 +64,34 @@ pub enum InstanceState {
 }
 
 impl InstanceState {
+    /// The stored form of [`InstanceState::Done`], the most common record.
+    pub const DONE: &'static str = "D";
+
     /// Compact text form stored in Redis.
     pub fn encode(&self) -> String {
-        // Without `format!`: one of these is made for every event.
+        let mut out = String::with_capacity(40);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends [`Self::encode`]'s text to `out` (one is written for every event: without
+    /// `format!`, and into a buffer the caller reuses).
+    pub fn encode_into(&self, out: &mut String) {
         let mut buf = itoa::Buffer::new();
         match self {
             InstanceState::Open { start, series } => {
-                let mut out = String::with_capacity(40);
                 out.push_str("S|");
                 out.push_str(buf.format(*start));
                 out.push('|');
-                series.push_hex(&mut out);
-                out
+                series.push_hex(out);
             }
             InstanceState::PendingFinish { finish, outcome } => {
-                let mut out = String::with_capacity(24);
                 out.push_str("F|");
                 out.push_str(buf.format(*finish));
                 out.push('|');
                 out.push_str(outcome.code());
-                out
             }
-            InstanceState::Done => "D".to_owned(),
+            InstanceState::Done => out.push_str(Self::DONE),
         }
     }
 
@@ -119,17 +125,18 @@ pub enum Disposition {
     Rejected(String),
 }
 
-/// One instance record to write, guarded by the value the plan read.
+/// One instance record to write, guarded by the value the plan read. It borrows the id
+/// from the event and keeps the new record unencoded: a round writes one per event, and
+/// the Redis store encodes them straight into its command.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InstanceWrite {
+pub struct InstanceWrite<'a> {
     /// The instance id (the store names the record after it).
-    pub id: String,
+    pub id: &'a str,
     /// The value read before planning (`None` = absent); the write applies only if the
     /// record still holds it.
     pub expected: Option<String>,
-    /// The new record, and its stored form.
+    /// The new record ([`InstanceState::encode`] gives its stored form).
     pub state: InstanceState,
-    pub new: String,
     pub ttl_ms: i64,
 }
 
@@ -151,10 +158,10 @@ pub struct SeriesWrite {
 
 /// Everything one round does to one task's keys.
 #[derive(Debug, Default)]
-pub struct Plan {
+pub struct Plan<'a> {
     /// `(index of the event in the caller's batch, disposition)`, in input order.
     pub dispositions: Vec<(usize, Disposition)>,
-    pub instance_writes: Vec<InstanceWrite>,
+    pub instance_writes: Vec<InstanceWrite<'a>>,
     pub increments: Increments,
     pub series_writes: Vec<SeriesWrite>,
 }
@@ -426,7 +433,7 @@ pub fn plan_task<'a>(
     mut read: RecordsRead<'_>,
     sem: &Semantics,
     now: Micros,
-) -> Plan {
+) -> Plan<'a> {
     let mut plan = Plan {
         dispositions: Vec::with_capacity(events.len()),
         instance_writes: Vec::with_capacity(events.len()),
@@ -543,9 +550,8 @@ pub fn plan_task<'a>(
         };
         plan.instance_writes.push(InstanceWrite {
             expected: read.remove(key).flatten(),
-            id: key.to_owned(),
+            id: key,
             state,
-            new: state.encode(),
             ttl_ms: ttl / 1000,
         });
     }
@@ -611,8 +617,8 @@ mod tests {
                 .collect();
             let plan = plan_task(prefix, &indexed, read, &sem, T0 + 10 * 3600 * MICROS_PER_SEC);
             for w in plan.instance_writes {
-                assert_eq!(records.get(&w.id), w.expected.as_ref(), "the plan read what is stored");
-                records.insert(w.id, w.new);
+                assert_eq!(records.get(w.id), w.expected.as_ref(), "the plan read what is stored");
+                records.insert(w.id.to_owned(), w.state.encode());
             }
             for h in plan.increments.hash_writes(prefix) {
                 if h.key.contains(":b:m:") {

@@ -79,7 +79,7 @@ impl MemoryStore {
             let plan = plan::plan_task(&prefix, &group, read, &self.sem, now);
             for w in plan.instance_writes {
                 db.records
-                    .insert(keys::instance(&prefix, &w.id), (w.new, now_ms + w.ttl_ms));
+                    .insert(keys::instance(&prefix, w.id), (w.state.encode(), now_ms + w.ttl_ms));
             }
             for h in plan.increments.hash_writes(&prefix) {
                 let entry = db

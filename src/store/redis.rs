@@ -693,9 +693,9 @@ impl RedisStore {
     }
 
     /// Remembers the records a committed round opened (see [`RecentStarts`]).
-    fn remember_starts(&self, task_seed: u64, writes: &[plan::InstanceWrite]) {
+    fn remember_starts(&self, task_seed: u64, writes: &[plan::InstanceWrite<'_>]) {
         let mut opened = writes.iter().filter_map(|w| match w.state {
-            InstanceState::Open { start, series } => Some((RecentStarts::key(task_seed, &w.id), start, series)),
+            InstanceState::Open { start, series } => Some((RecentStarts::key(task_seed, w.id), start, series)),
             _ => None,
         });
         if let Some(first) = opened.next() {
@@ -839,7 +839,7 @@ impl RedisStore {
     /// The `EVALSHA` of `lua/commit.lua` for `plan` (see its header for the layout), built
     /// straight into one command buffer: a `ScriptInvocation` keeps every argument in a
     /// `Vec` of its own and copies them all again into the command.
-    fn invocation(&self, prefix: &str, plan: &Plan, live: &Live, entry: &str) -> redis::Cmd {
+    fn invocation(&self, prefix: &str, plan: &Plan<'_>, live: &Live, entry: &str) -> redis::Cmd {
         let n_gen = live.gens.len();
         let n_series = plan.series_writes.len();
         let n_keys = n_gen + 1 + usize::from(n_series > 0);
@@ -849,7 +849,7 @@ impl RedisStore {
             + plan
                 .instance_writes
                 .iter()
-                .map(|w| 16 + w.id.len() + w.expected.as_ref().map_or(0, String::len) + w.new.len())
+                .map(|w| 48 + w.id.len() + w.expected.as_ref().map_or(0, String::len))
                 .sum::<usize>();
         let mut cmd = redis::Cmd::with_capacity(3 + n_keys + n_args, bytes);
         cmd.arg("EVALSHA").arg(self.script.get_hash()).arg(n_keys);
@@ -868,18 +868,27 @@ impl RedisStore {
         for generation in &live.gens {
             cmd.arg(self.generations.expire_at_ms(*generation));
         }
+        // Each new record is encoded into one reused buffer, and copied from there into
+        // the command (`Cmd::arg` copies).
+        let mut buf = String::with_capacity(48);
         // Records the plan assumed absent (most: every start and completed event on a
         // first attempt) go without an expected value.
-        let (absent, read): (Vec<_>, Vec<_>) = plan.instance_writes.iter().partition(|w| w.expected.is_none());
-        cmd.arg(absent.len());
-        for w in absent {
-            cmd.arg(&w.id).arg(&w.new);
+        let (absent, read) =
+            plan.instance_writes.iter().fold(
+                (0, 0),
+                |(a, r), w| {
+                    if w.expected.is_none() { (a + 1, r) } else { (a, r + 1) }
+                },
+            );
+        cmd.arg(absent);
+        for w in plan.instance_writes.iter().filter(|w| w.expected.is_none()) {
+            cmd.arg(w.id).arg(encoded(&mut buf, &w.state));
         }
-        cmd.arg(read.len());
-        for w in read {
-            cmd.arg(&w.id)
-                .arg(w.expected.as_deref().unwrap_or_default())
-                .arg(&w.new);
+        cmd.arg(read);
+        for w in plan.instance_writes.iter() {
+            if let Some(expected) = &w.expected {
+                cmd.arg(w.id).arg(expected).arg(encoded(&mut buf, &w.state));
+            }
         }
         for s in &plan.series_writes {
             cmd.arg(&s.series).arg(&s.labels_json);
@@ -902,6 +911,13 @@ impl RedisStore {
             result => result,
         }
     }
+}
+
+/// `state`'s stored form, encoded into `buf` (cleared first).
+fn encoded<'b>(buf: &'b mut String, state: &InstanceState) -> &'b str {
+    buf.clear();
+    state.encode_into(buf);
+    buf
 }
 
 impl Store for RedisStore {
