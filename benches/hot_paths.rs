@@ -241,6 +241,23 @@ fn plan_round(c: &mut Criterion) {
             )
         })
     });
+    // A typical task group: a 1,000-event request spread over 50 tasks (Zipf) gives most
+    // tasks a few dozen events, and per (minute, series) a handful, where the maps that
+    // file them are still growing.
+    let small = &group_events[..24];
+    group.throughput(Throughput::Elements(small.len() as u64));
+    group.bench_function("plan_task 24 completed, 12 series", |b| {
+        b.iter(|| {
+            plan::plan_task(
+                black_box(&prefix),
+                black_box(small),
+                plan::RecordsRead::default(),
+                &sem,
+                now,
+            )
+        })
+    });
+    group.throughput(Throughput::Elements(group_events.len() as u64));
     group.bench_function("instance_ids 1000", |b| {
         b.iter(|| plan::instance_ids(black_box(&group_events), |_| true))
     });
