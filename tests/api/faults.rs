@@ -68,7 +68,11 @@ fn ledger(servers: Vec<String>, task: &str) -> LedgerConfig {
         rpc_timeout: Duration::from_secs(3),
         give_up_after: Duration::from_secs(60),
         backoff: Duration::from_millis(20),
-        pace: Duration::from_millis(25),
+        // Each worker sleeps this long after each of its 12 batches, so a load lasts at
+        // least 1.2 s and is still running when a test's fault strikes at 0.4 s. At 25 ms
+        // a fast run could finish first: once in CI the load was done before Redis was
+        // paused, and the pause test failed its "mid-load" check.
+        pace: Duration::from_millis(100),
         seed: 7,
     }
 }
