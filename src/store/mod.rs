@@ -8,6 +8,7 @@ pub mod keys;
 pub mod memory;
 pub mod null;
 pub mod redis;
+mod sealed;
 
 use std::collections::HashMap;
 use std::future::Future;

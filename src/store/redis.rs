@@ -20,6 +20,7 @@ use redis::{AsyncCommands as _, RedisError};
 
 use super::bucket;
 use super::journal::{self, BucketSums, Sums};
+use super::sealed;
 use super::{FieldMap, Store, StoreError, group_by_task, keys, parse_series};
 use crate::domain::{Labels, MICROS_PER_SEC, Micros, SeriesId, TaskEvent, TaskName, Tenant, now_micros};
 use crate::ingest::plan::{self, Disposition, InstanceState, Plan, Semantics};
@@ -75,6 +76,9 @@ pub struct RedisStore {
     indexed_tasks: Arc<Mutex<Remembered<(Tenant, TaskName)>>>,
     /// Records of instances this process started lately. Short critical sections only.
     recent_starts: Arc<Mutex<RecentStarts>>,
+    /// Filters of the sealed record generations, built in the background (see
+    /// `sealed.rs`).
+    filters: Arc<sealed::Filters>,
 }
 
 /// The records of the instances this process started lately, so that planning their
@@ -275,7 +279,7 @@ fn unix_now_secs() -> i64 {
 
 /// How far replicas' clocks may disagree (NTP keeps them within milliseconds): near a
 /// generation's end a round also reads the next generation.
-const MAX_CLOCK_SKEW_S: i64 = 300;
+pub(crate) const MAX_CLOCK_SKEW_S: i64 = 300;
 
 /// Instance records are kept in record hashes per generation, a fixed window of time
 /// (see `lua/commit.lua`): a hash expires `keep_s` after its window ends, so every record
@@ -295,6 +299,8 @@ struct Live {
     gens: Vec<i64>,
     /// Position of the current generation in `gens`.
     current: usize,
+    /// How many of `gens`, from the newest, are not sealed ([`Generations::sealed`]).
+    open: usize,
 }
 
 impl Generations {
@@ -317,10 +323,19 @@ impl Generations {
         let oldest = (now_s - self.keep_s).div_euclid(self.length_s);
         let ahead = (current + 1) * self.length_s - now_s <= MAX_CLOCK_SKEW_S;
         let newest = current + i64::from(ahead);
+        let gens: Vec<i64> = (oldest..=newest).rev().collect();
         Live {
-            gens: (oldest..=newest).rev().collect(),
+            open: gens.iter().take_while(|g| !self.sealed(**g, now_s)).count(),
+            gens,
             current: usize::from(ahead),
         }
+    }
+
+    /// Whether no replica can write a new record to `generation` any more at `now_s`:
+    /// [`MAX_CLOCK_SKEW_S`] after its end, the slowest clock has left it too. From then
+    /// on it only loses records (see `sealed.rs`).
+    fn sealed(&self, generation: i64, now_s: i64) -> bool {
+        now_s >= (generation + 1) * self.length_s + MAX_CLOCK_SKEW_S
     }
 
     fn expire_at_ms(&self, generation: i64) -> i64 {
@@ -373,6 +388,7 @@ impl RedisStore {
             helping: Arc::new(Mutex::new(HashSet::new())),
             indexed_tasks: Arc::new(Mutex::new(Remembered::new())),
             recent_starts: Arc::new(Mutex::new(RecentStarts::default())),
+            filters: Arc::new(sealed::Filters::default()),
         })
     }
 
@@ -721,6 +737,7 @@ impl RedisStore {
             self.index_task(&first.tenant, &first.task).await?;
         }
         let live = self.generations.live(now.div_euclid(1_000_000));
+        let filters = self.sealed_filters(prefix, &live);
         // The first attempt is optimistic: only a finish needs its start's record to be
         // planned, and not even that when this process wrote the start lately; starts and
         // completed events are planned as if their record were absent, which is what the
@@ -759,7 +776,7 @@ impl RedisStore {
             } else {
                 journal::encode(&self.next_token(), &plan.increments)
             };
-            let commit = self.invocation(prefix, &plan, &live, &entry);
+            let commit = self.invocation(prefix, &plan, &live, filters.as_deref(), &entry);
             let reply: Vec<i64> = Self::eval(&mut conn, &self.script, &commit)
                 .await
                 .map_err(store_error)?;
@@ -792,6 +809,55 @@ impl RedisStore {
             );
         }
         Err(StoreError::Contention)
+    }
+
+    /// The filters of `live`'s sealed generations of the task `prefix`, when each has one
+    /// (none sealed: an empty list); `None` otherwise, after starting to build the
+    /// missing ones. A generation counts as sealed only when this machine's clock says so
+    /// too: a round's `now` is the caller's, and a test may run rounds in the future.
+    fn sealed_filters(&self, prefix: &str, live: &Live) -> Option<Vec<Arc<sealed::Filter>>> {
+        let sealed = &live.gens[live.open..];
+        let oldest = *live.gens.last()?;
+        self.filters.forget_before(oldest);
+        let wall_s = unix_now_secs();
+        let mut ready = Vec::with_capacity(sealed.len());
+        let mut complete = true;
+        for generation in sealed {
+            if !self.generations.sealed(*generation, wall_s) {
+                return None;
+            }
+            let key = keys::records(prefix, *generation);
+            match self.filters.lookup(&key, *generation) {
+                sealed::Lookup::Ready(filter) => ready.push(filter),
+                sealed::Lookup::Build => {
+                    self.spawn_filter_build(key, *generation);
+                    complete = false;
+                }
+                sealed::Lookup::None => complete = false,
+            }
+        }
+        complete.then_some(ready)
+    }
+
+    /// Builds the filter of one sealed record hash in the background, on the folds'
+    /// connection (its replies are bulk, like theirs).
+    fn spawn_filter_build(&self, key: String, generation: i64) {
+        let mut conn = self.fold_conn.clone();
+        let filters = self.filters.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let result = build_filter(&mut conn, &key).await;
+            match &result {
+                Ok(Some(_)) => tracing::debug!(%key, took = ?started.elapsed(), "filter of a sealed generation built"),
+                Ok(None) => tracing::info!(
+                    %key,
+                    "a sealed record generation holds more than {} records: it gets no filter",
+                    sealed::MAX_FILTERED_RECORDS
+                ),
+                Err(e) => tracing::warn!(%key, error = %e, "cannot build the filter of a sealed record generation"),
+            }
+            filters.built(&key, generation, result.map_err(|_| ()));
+        });
     }
 
     /// The current record of each instance in `ids` (its value in the newest live
@@ -839,11 +905,18 @@ impl RedisStore {
     /// The `EVALSHA` of `lua/commit.lua` for `plan` (see its header for the layout), built
     /// straight into one command buffer: a `ScriptInvocation` keeps every argument in a
     /// `Vec` of its own and copies them all again into the command.
-    fn invocation(&self, prefix: &str, plan: &Plan<'_>, live: &Live, entry: &str) -> redis::Cmd {
+    fn invocation(
+        &self,
+        prefix: &str,
+        plan: &Plan<'_>,
+        live: &Live,
+        filters: Option<&[Arc<sealed::Filter>]>,
+        entry: &str,
+    ) -> redis::Cmd {
         let n_gen = live.gens.len();
         let n_series = plan.series_writes.len();
         let n_keys = n_gen + 1 + usize::from(n_series > 0);
-        let n_args = 7 + n_gen + 3 * plan.instance_writes.len() + 2 * n_series;
+        let n_args = 9 + n_gen + 3 * plan.instance_writes.len() + 2 * n_series;
         let bytes = entry.len()
             + 64 * n_keys
             + plan
@@ -872,17 +945,30 @@ impl RedisStore {
         // the command (`Cmd::arg` copies).
         let mut buf = String::with_capacity(48);
         // Records the plan assumed absent (most: every start and completed event on a
-        // first attempt) go without an expected value.
-        let (absent, read) =
-            plan.instance_writes.iter().fold(
-                (0, 0),
-                |(a, r), w| {
-                    if w.expected.is_none() { (a + 1, r) } else { (a, r + 1) }
-                },
-            );
-        cmd.arg(absent);
-        for w in plan.instance_writes.iter().filter(|w| w.expected.is_none()) {
-            cmd.arg(w.id).arg(encoded(&mut buf, &w.state));
+        // first attempt) go without an expected value; first those the sealed
+        // generations' filters rule out, which the script checks only in the open
+        // generations.
+        let absent: Vec<(&plan::InstanceWrite<'_>, bool)> = plan
+            .instance_writes
+            .iter()
+            .filter(|w| w.expected.is_none())
+            .map(|w| {
+                let cleared = filters.is_some_and(|filters| {
+                    let hash = sealed::id_hash(w.id);
+                    !filters.iter().any(|f| f.may_hold(hash))
+                });
+                (w, cleared)
+            })
+            .collect();
+        let cleared = absent.iter().filter(|(_, cleared)| *cleared).count();
+        let read = plan.instance_writes.len() - absent.len();
+        cmd.arg(if filters.is_some() { live.open } else { n_gen })
+            .arg(cleared)
+            .arg(absent.len());
+        for want in [true, false] {
+            for (w, _) in absent.iter().filter(|(_, cleared)| *cleared == want) {
+                cmd.arg(w.id).arg(encoded(&mut buf, &w.state));
+            }
         }
         cmd.arg(read);
         for w in plan.instance_writes.iter() {
@@ -918,6 +1004,37 @@ fn encoded<'b>(buf: &'b mut String, state: &InstanceState) -> &'b str {
     buf.clear();
     state.encode_into(buf);
     buf
+}
+
+/// Scans the sealed record hash `key` into a filter of its ids; `None` when it holds more
+/// than [`sealed::MAX_FILTERED_RECORDS`]. It gains no record while it is scanned, so the
+/// scan sees every id it holds (`HSCAN` returns every field present from its start to its
+/// end).
+async fn build_filter(conn: &mut ConnectionManager, key: &str) -> Result<Option<sealed::Filter>, StoreError> {
+    let len: usize = conn.hlen(key).await.map_err(store_error)?;
+    if len > sealed::MAX_FILTERED_RECORDS {
+        return Ok(None);
+    }
+    let mut filter = sealed::Filter::with_capacity(len);
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, fields): (u64, Vec<Vec<u8>>) = redis::cmd("HSCAN")
+            .arg(key)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(sealed::SCAN_COUNT)
+            .query_async(conn)
+            .await
+            .map_err(store_error)?;
+        // Field, value, field, value...: the fields are the instance ids.
+        for id in fields.iter().step_by(2) {
+            filter.insert(sealed::id_hash(&String::from_utf8_lossy(id)));
+        }
+        if next == 0 {
+            return Ok(Some(filter));
+        }
+        cursor = next;
+    }
 }
 
 impl Store for RedisStore {
@@ -1069,6 +1186,14 @@ mod tests {
                 );
             }
             assert!(live.gens.windows(2).all(|w| w[0] == w[1] + 1), "newest first");
+            for (i, generation) in live.gens.iter().enumerate() {
+                let ended = (generation + 1) * 3600;
+                assert_eq!(
+                    i >= live.open,
+                    now >= ended + MAX_CLOCK_SKEW_S,
+                    "now {now}, generation {generation}: sealed once the slowest clock left it"
+                );
+            }
         }
     }
 

@@ -116,6 +116,7 @@ async fn records_and_buckets_expire_as_configured_and_nothing_lives_forever() {
 
 mod generations {
     use std::sync::Arc;
+    use std::time::{Duration, Instant};
 
     use tasktime::buckets::Retention;
     use tasktime::domain::{EventKind, InstanceId, Labels, MICROS_PER_SEC, Outcome, TaskEvent, TaskName, Tenant};
@@ -249,6 +250,112 @@ mod generations {
             "{:?}",
             again.iter().find(|d| **d != Disposition::Duplicate)
         );
+    }
+
+    /// HMGET calls Redis has answered so far (those inside scripts included).
+    fn hmget_calls(redis: &RedisServer) -> u64 {
+        let stats = redis.cli(&["info", "commandstats"]);
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_hmget:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().expect("a count"))
+    }
+
+    fn completed_now(id: &str) -> TaskEvent {
+        event(
+            id,
+            now() - SEC,
+            EventKind::Completed {
+                duration: SEC,
+                outcome: Outcome::Succeeded,
+            },
+        )
+    }
+
+    /// A generation two hours old is sealed: no replica writes a new record to it. The
+    /// store builds a filter of its ids in the background and from then on checks a new
+    /// instance only in the open generations, while an instance the old generation holds
+    /// is still found there: a retry of it is a duplicate before the filter exists and
+    /// after.
+    #[tokio::test]
+    async fn a_record_in_a_sealed_generation_is_found_before_and_after_its_filter_is_built() {
+        let redis = RedisServer::start(RedisOptions::default());
+        let store = store(&redis);
+        let task = TaskName::parse("task", "checkout".into()).expect("task");
+        let prefix = tasktime::store::keys::task_prefix(&Tenant::default_tenant(), &task);
+        // Generations are 1 h by default; the one two before the current is always sealed.
+        let sealed = now() / HOUR - 2;
+        let key = tasktime::store::keys::records(&prefix, sealed);
+        let ids: Vec<String> = (0..3_000).map(|i| format!("old-{i}")).collect();
+        let mut hset = vec!["hset", key.as_str()];
+        for id in &ids {
+            hset.extend([id.as_str(), "D"]);
+        }
+        redis.cli(&hset);
+        redis.cli(&["expire", &key, "7200"]);
+
+        let mut old = ids.iter();
+        let mut round_of = |round: usize| {
+            let mut events: Vec<TaskEvent> = (0..5).map(|i| completed_now(&format!("new-{round}-{i}"))).collect();
+            events.push(completed_now(old.next().expect("enough old ids")));
+            events
+        };
+        // Before any filter exists: every generation is checked.
+        let before = hmget_calls(&redis);
+        let got = store.apply(&round_of(0), now()).await.unwrap();
+        let checked_without = hmget_calls(&redis) - before;
+        assert_eq!(got[..5], [ACCEPTED; 5], "new instances");
+        assert_eq!(
+            got[5],
+            Disposition::Duplicate,
+            "the sealed generation's record was found"
+        );
+
+        // That round started building the filter; once it is there a round looks the new
+        // instances up in fewer generations (not in the sealed one).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for round in 1.. {
+            let before = hmget_calls(&redis);
+            let got = store.apply(&round_of(round), now()).await.unwrap();
+            let checked = hmget_calls(&redis) - before;
+            assert_eq!(got[..5], [ACCEPTED; 5], "round {round}: new instances");
+            assert_eq!(
+                got[5],
+                Disposition::Duplicate,
+                "round {round}: the sealed generation's record was found"
+            );
+            if checked < checked_without {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the filter was used within 10 s ({checked} HMGETs per round)"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // With the filter: a large round of old and new instances at once, and its retry.
+        let mut big: Vec<TaskEvent> = (0..1_000).map(|i| completed_now(&format!("big-{i}"))).collect();
+        big.extend(ids[1_000..2_000].iter().map(|id| completed_now(id)));
+        let got = store.apply(&big, now()).await.unwrap();
+        assert!(
+            got[..1_000].iter().all(|d| *d == ACCEPTED),
+            "{:?}",
+            got.iter().find(|d| **d != ACCEPTED)
+        );
+        assert!(
+            got[1_000..].iter().all(|d| *d == Disposition::Duplicate),
+            "every record of the sealed generation was found: {:?}",
+            got[1_000..].iter().position(|d| *d != Disposition::Duplicate)
+        );
+        let again = store.apply(&big, now()).await.unwrap();
+        assert!(
+            again.iter().all(|d| *d == Disposition::Duplicate),
+            "the retry is all duplicates"
+        );
+        // The new instances went to the current generation, none to the sealed one.
+        assert_eq!(redis.cli(&["hlen", &key]).trim(), "3000");
     }
 
     /// The service's first ping loads the scripts, so the first rounds, dozens of
