@@ -44,8 +44,9 @@ impl Default for RedisTimeouts {
     }
 }
 
-/// A cheap-to-clone handle on Redis: two shared, multiplexed, self-reconnecting
-/// connections (redis-rs' `ConnectionManager`), one for commits and reads, one for folds.
+/// A cheap-to-clone handle on Redis: three shared, multiplexed, self-reconnecting
+/// connections (redis-rs' `ConnectionManager`): one for commits and reads, one for folds,
+/// one for building the filters of sealed generations.
 #[derive(Clone)]
 pub struct RedisStore {
     conn: ConnectionManager,
@@ -53,6 +54,10 @@ pub struct RedisStore {
     /// `MGET` reply and a script of up to megabytes), and on the commits' connection every
     /// round queued behind it would wait for those bytes and that script.
     fold_conn: ConnectionManager,
+    /// A connection of its own for building the filters of sealed generations: an
+    /// `HSCAN` queued behind a fold's megabytes waits for them, and a build is a hundred
+    /// `HSCAN`s in a row.
+    scan_conn: ConnectionManager,
     sem: Arc<Semantics>,
     script: Arc<redis::Script>,
     generations: Generations,
@@ -79,6 +84,9 @@ pub struct RedisStore {
     /// Filters of the sealed record generations, built in the background (see
     /// `sealed.rs`).
     filters: Arc<sealed::Filters>,
+    /// Filters built at once, at most: after a start every task's sealed generations
+    /// need one, and each is an `HSCAN` of up to millions of fields.
+    filter_builds: Arc<tokio::sync::Semaphore>,
 }
 
 /// The records of the instances this process started lately, so that planning their
@@ -369,6 +377,7 @@ impl RedisStore {
         };
         let conn = connect()?;
         let fold_conn = connect()?;
+        let scan_conn = connect()?;
         let journal_ttl_ms = crate::buckets::Resolution::ALL
             .iter()
             .map(|res| (res.secs() + sem.retention.of(*res)) * 1000)
@@ -377,6 +386,7 @@ impl RedisStore {
         Ok(RedisStore {
             conn,
             fold_conn,
+            scan_conn,
             generations: Generations::new(&sem),
             sem,
             script: Arc::new(redis::Script::new(include_str!("lua/commit.lua"))),
@@ -389,6 +399,7 @@ impl RedisStore {
             indexed_tasks: Arc::new(Mutex::new(Remembered::new())),
             recent_starts: Arc::new(Mutex::new(RecentStarts::default())),
             filters: Arc::new(sealed::Filters::default()),
+            filter_builds: Arc::new(tokio::sync::Semaphore::new(sealed::BUILDS_AT_ONCE)),
         })
     }
 
@@ -839,12 +850,15 @@ impl RedisStore {
         complete.then_some(ready)
     }
 
-    /// Builds the filter of one sealed record hash in the background, on the folds'
-    /// connection (its replies are bulk, like theirs).
+    /// Builds the filter of one sealed record hash in the background, on a connection of
+    /// its own, [`sealed::BUILDS_AT_ONCE`] at a time.
     fn spawn_filter_build(&self, key: String, generation: i64) {
-        let mut conn = self.fold_conn.clone();
+        let mut conn = self.scan_conn.clone();
         let filters = self.filters.clone();
+        let builds = self.filter_builds.clone();
         tokio::spawn(async move {
+            // The semaphore is never closed: a permit always comes.
+            let _permit = builds.acquire_owned().await;
             let started = Instant::now();
             let result = build_filter(&mut conn, &key).await;
             match &result {

@@ -31,6 +31,9 @@ const FALSE_POSITIVES: f64 = 0.01;
 /// A generation hash with more records than this gets no filter (about 19 MB of filter
 /// per replica at this size): its lookups stay in the script.
 pub(super) const MAX_FILTERED_RECORDS: usize = 16_000_000;
+/// Filters one replica builds at once; the others wait (their rounds check every
+/// generation meanwhile).
+pub(super) const BUILDS_AT_ONCE: usize = 4;
 /// Fields asked for per `HSCAN` call.
 pub(super) const SCAN_COUNT: usize = 2_000;
 /// How long after a failed build (Redis unavailable, say) the next round may try again.
