@@ -21,6 +21,7 @@
 //! generation.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -99,6 +100,9 @@ pub(super) enum Lookup {
 #[derive(Debug, Default)]
 pub(super) struct Filters {
     entries: Mutex<HashMap<String, (i64, Entry)>>,
+    /// The `oldest` of the last [`Filters::forget_before`] that looked: every round calls
+    /// it, and only a new oldest generation (once an hour) has anything to forget.
+    forgotten_before: AtomicI64,
 }
 
 impl Filters {
@@ -133,6 +137,9 @@ impl Filters {
 
     /// Forgets the filters of generations older than `oldest` (their hashes expired).
     pub(super) fn forget_before(&self, oldest: i64) {
+        if self.forgotten_before.fetch_max(oldest, Ordering::Relaxed) >= oldest {
+            return;
+        }
         let mut entries = self.lock();
         if entries.values().any(|(g, _)| *g < oldest) {
             entries.retain(|_, (g, _)| *g >= oldest);
