@@ -108,8 +108,8 @@ pub struct RequestCache {
     keep: bool,
     /// Task names as sent -> the checked name.
     tasks: FxHashMap<bytes::Bytes, TaskName>,
-    /// Hash of the label entries as sent -> those entries and their labels.
-    sets: FxHashMap<u64, (Vec<wire::WireLabel>, Labels)>,
+    /// Hash of the label entries as sent (encoded) -> those entries and their labels.
+    sets: FxHashMap<u64, (Vec<bytes::Bytes>, Labels)>,
 }
 
 impl Default for RequestCache {
@@ -143,19 +143,17 @@ impl RequestCache {
         Ok(task)
     }
 
-    /// The labels of `entries` (a protobuf map as sent: a key sent twice keeps its last
-    /// value), checked against `limits`. Errors name the field relative to the event
-    /// (`labels[release] ...`).
-    fn labels(&mut self, entries: Vec<wire::WireLabel>, limits: &Limits) -> Result<Labels, String> {
+    /// The labels of `entries` (a protobuf map as sent, each entry still encoded: a key
+    /// sent twice keeps its last value), checked against `limits`. Errors name the field
+    /// relative to the event (`labels[release] ...`). Entries already seen in the request
+    /// are not decoded again.
+    fn labels(&mut self, entries: Vec<bytes::Bytes>, limits: &Limits) -> Result<Labels, String> {
         if entries.is_empty() {
             return Ok(Labels::default());
         }
         let hash = self.keep.then(|| {
             let mut hasher = FxHasher::default();
-            for l in &entries {
-                l.key.hash(&mut hasher);
-                l.value.hash(&mut hasher);
-            }
+            entries.hash(&mut hasher);
             hasher.finish()
         });
         if let Some((sent, labels)) = hash.and_then(|hash| self.sets.get(&hash)) {
@@ -164,7 +162,9 @@ impl RequestCache {
             }
         }
         let mut map = BTreeMap::new();
-        for l in &entries {
+        for (i, entry) in entries.iter().enumerate() {
+            let l = <wire::WireLabel as prost::Message>::decode(entry.clone())
+                .map_err(|e| format!("labels entry {i} is not a map entry ({e})"))?;
             let key = utf8(&"labels key", &l.key)?;
             let value = utf8(&format_args!("labels[{key}]"), &l.value)?;
             map.insert(key.to_owned(), value.to_owned());
@@ -407,11 +407,13 @@ mod tests {
         }
     }
 
-    fn wire_label(key: &[u8], value: &[u8]) -> wire::WireLabel {
-        wire::WireLabel {
+    /// One label entry, encoded as a client sends it.
+    fn wire_label(key: &[u8], value: &[u8]) -> bytes::Bytes {
+        prost::Message::encode_to_vec(&wire::WireLabel {
             key: key.to_vec().into(),
             value: value.to_vec().into(),
-        }
+        })
+        .into()
     }
 
     #[test]
@@ -492,6 +494,29 @@ mod tests {
         };
         let e = event(0, sent, &ctx(), &mut RequestCache::default()).unwrap();
         assert_eq!(e.labels.iter().collect::<Vec<_>>(), vec![("release", "2")]);
+    }
+
+    #[test]
+    fn a_label_entry_that_is_not_a_map_entry_rejects_its_event_only() {
+        let mut cache = RequestCache::default();
+        // A length-delimited field 1 whose length runs past the entry's end.
+        let broken = wire::WireTaskEvent {
+            labels: vec![wire_label(b"release", b"1"), bytes::Bytes::from_static(b"\x0a\x09ab")],
+            ..wire::from_public(&start("checkout", "a"))
+        };
+        let err = event(4, broken, &ctx(), &mut cache).unwrap_err();
+        assert!(
+            err.starts_with("events[4].labels entry 1 is not a map entry ("),
+            "{err}"
+        );
+        let e = event(
+            5,
+            wire::from_public(&with_labels(&[("release", "1")])),
+            &ctx(),
+            &mut cache,
+        )
+        .unwrap();
+        assert_eq!(e.labels.get("release"), Some("1"));
     }
 
     #[test]

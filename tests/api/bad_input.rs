@@ -287,7 +287,8 @@ async fn a_bad_stats_request_lists_every_violation(backend: Backend) {
 
 /// Text fields that are not UTF-8 (which a client in a language without checked strings
 /// can send) reject their event, naming the field, and the rest of the batch is applied:
-/// the server decodes them as bytes and checks each one itself.
+/// the server decodes them as bytes and checks each one itself. So does a label entry
+/// that is not a map entry (the server decodes the entries itself too).
 async fn text_that_is_not_utf8_rejects_its_event_only(backend: Backend) {
     use prost::Message as _;
     use tasktime::grpc::wire::{WireLabel, WireRecordRequest, WireTaskEvent, from_public};
@@ -313,13 +314,22 @@ async fn text_that_is_not_utf8_rejects_its_event_only(backend: Backend) {
                     ..good("b")
                 },
                 WireTaskEvent {
-                    labels: vec![WireLabel {
-                        key: b"release".to_vec().into(),
-                        value: b"1.\xc0".to_vec().into(),
-                    }],
+                    labels: vec![
+                        WireLabel {
+                            key: b"release".to_vec().into(),
+                            value: b"1.\xc0".to_vec().into(),
+                        }
+                        .encode_to_vec()
+                        .into(),
+                    ],
                     ..good("c")
                 },
                 good("d"),
+                // A label entry that is not a map entry: its length runs past its end.
+                WireTaskEvent {
+                    labels: vec![b"\x0a\x09ab".to_vec().into()],
+                    ..good("e")
+                },
             ],
         };
         // The public client cannot encode such strings: a raw gRPC call with the bytes.
@@ -336,7 +346,7 @@ async fn text_that_is_not_utf8_rejects_its_event_only(backend: Backend) {
             .into_inner();
         assert_eq!(response.accepted, 2, "{response:?}");
         let reasons: Vec<(u32, &str)> = response.rejected.iter().map(|e| (e.index, e.reason.as_str())).collect();
-        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert_eq!(reasons.len(), 3, "{reasons:?}");
         assert_eq!(reasons[0].0, 1);
         assert!(
             reasons[0].1.starts_with("events[1].instance_id is not valid UTF-8"),
@@ -345,6 +355,11 @@ async fn text_that_is_not_utf8_rejects_its_event_only(backend: Backend) {
         assert_eq!(reasons[1].0, 2);
         assert!(
             reasons[1].1.starts_with("events[2].labels[release] is not valid UTF-8"),
+            "{reasons:?}"
+        );
+        assert_eq!(reasons[2].0, 4);
+        assert!(
+            reasons[2].1.starts_with("events[4].labels entry 0 is not a map entry"),
             "{reasons:?}"
         );
         let mut query = app.query.clone();
