@@ -167,7 +167,33 @@ pub struct Plan<'a> {
 }
 
 /// The stored records a round was planned from: instance id -> record (`None` = absent).
-pub type RecordsRead<'a> = FxHashMap<&'a str, Option<String>>;
+pub type RecordsRead<'a> = FxHashMap<&'a str, Option<StoredRecord>>;
+
+/// A stored instance record as a round read it: its text (what the commit checks is
+/// still stored) and what that decodes to (`None`: not readable by this version).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub text: String,
+    pub state: Option<InstanceState>,
+}
+
+impl StoredRecord {
+    /// A record read from a store, decoded.
+    pub fn from_text(text: String) -> Self {
+        StoredRecord {
+            state: InstanceState::decode(&text),
+            text,
+        }
+    }
+
+    /// A record whose state is known (the one this process wrote), encoded: no decoding.
+    pub fn from_state(state: InstanceState) -> Self {
+        StoredRecord {
+            text: state.encode(),
+            state: Some(state),
+        }
+    }
+}
 
 /// The distinct instance ids of the events `keep` selects (of one task's batch), in
 /// first-seen order.
@@ -531,7 +557,7 @@ pub fn plan_task<'a>(
         let key = event.instance_id.as_str();
         let entry = match current.get(key) {
             Some(entry) => *entry,
-            None => match read.get(key).and_then(Option::as_deref).map(InstanceState::decode) {
+            None => match read.get(key).and_then(Option::as_ref).map(|r| r.state) {
                 None => (None, None),
                 Some(Some(state)) => (Some(state), None),
                 Some(None) => {
@@ -631,7 +657,7 @@ pub fn plan_task<'a>(
             continue; // unchanged
         };
         plan.instance_writes.push(InstanceWrite {
-            expected: read.remove(key).flatten(),
+            expected: read.remove(key).flatten().map(|r| r.text),
             id: key,
             state,
             ttl_ms: ttl / 1000,
@@ -695,7 +721,7 @@ mod tests {
             let indexed: Vec<_> = round.iter().enumerate().collect();
             let read = instance_ids(&indexed, |_| true)
                 .into_iter()
-                .map(|id| (id, records.get(id).cloned()))
+                .map(|id| (id, records.get(id).cloned().map(StoredRecord::from_text)))
                 .collect();
             let plan = plan_task(prefix, &indexed, read, &sem, T0 + 10 * 3600 * MICROS_PER_SEC);
             for w in plan.instance_writes {

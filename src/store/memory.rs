@@ -72,7 +72,7 @@ impl MemoryStore {
                         .records
                         .get(&keys::instance(&prefix, id))
                         .filter(|(_, exp)| *exp > now_ms)
-                        .map(|(v, _)| v.clone());
+                        .map(|(v, _)| plan::StoredRecord::from_text(v.clone()));
                     (id, value)
                 })
                 .collect();

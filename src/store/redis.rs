@@ -756,12 +756,12 @@ impl RedisStore {
         // and the next attempt reads every record.
         let task_seed = xxhash_rust::xxh3::xxh3_64(prefix.as_bytes());
         let mut finish_ids = plan::instance_ids(group, |e| matches!(e.kind, crate::domain::EventKind::Finish(_)));
-        let mut known: Vec<(&str, String)> = Vec::new();
+        let mut known: Vec<(&str, plan::StoredRecord)> = Vec::new();
         if !finish_ids.is_empty() {
             let mut recent = self.lock_recent_starts();
             finish_ids.retain(|id| match recent.take(RecentStarts::key(task_seed, id)) {
                 Some(record) => {
-                    known.push((id, record.encode()));
+                    known.push((id, plan::StoredRecord::from_state(record)));
                     false
                 }
                 None => true,
@@ -906,7 +906,7 @@ impl RedisStore {
                     if let Some(v) = value {
                         let slot = read.entry(*id).or_default();
                         if slot.is_none() {
-                            *slot = Some(v);
+                            *slot = Some(plan::StoredRecord::from_text(v));
                         }
                     }
                 }
