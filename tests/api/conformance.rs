@@ -252,8 +252,12 @@ async fn time_ranges_across_minute_hour_and_day_boundaries_count_exactly(backend
     const MIN: i64 = 60 * SEC;
     const HOUR: i64 = 3600 * SEC;
     const DAY: i64 = 86_400 * SEC;
-    // Yesterday's midnight: within minute retention (2 days), and whole days around it.
-    let d = (now() / DAY - 1) * DAY;
+    // The last midnight at least 3 h ago (the latest event is 3 h after it), and whole
+    // days around it. Its minute buckets, and those just before it, are then 20 h or more
+    // within minute retention (2 days) whatever the time of day. (Yesterday's midnight
+    // was not: in the last minute of a day the minute before it had just left retention,
+    // and the range from it was read from the hour bucket.)
+    let d = (now() - 3 * HOUR).div_euclid(DAY) * DAY;
     let offsets = [
         -DAY - 1,
         -HOUR - 1,
