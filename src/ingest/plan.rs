@@ -19,6 +19,7 @@
 //! under the finish's time, and one finished-of-started under the start's time (which
 //! is how abandonment is computed without a sweeper).
 
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
@@ -531,6 +532,19 @@ fn fmt_time(at: Micros) -> String {
     }
 }
 
+/// What a round knows of one instance it touched.
+#[derive(Debug, Default)]
+struct Touched {
+    /// Its state after the round's events so far (`None`: no record).
+    state: Option<InstanceState>,
+    /// The TTL its last change asks for; `None`: the round has not changed it.
+    ttl: Option<Micros>,
+    /// The stored record's text as read (`None`: read as absent, or not read).
+    expected: Option<String>,
+    /// Its stored record is not readable by this version: its events are rejected.
+    unreadable: bool,
+}
+
 /// Plans one round for one task's events (all with the same tenant and task).
 ///
 /// `read` holds the current record of every id [`instance_ids`] returned (`None` =
@@ -548,31 +562,38 @@ pub fn plan_task<'a>(
         ..Plan::default()
     };
     let mut inc = Filer::new(sem, now);
-    // Current state of each touched key, with the TTL its last change asks for.
-    let mut current: FxHashMap<&'a str, (Option<InstanceState>, Option<Micros>)> =
+    // What the round knows of each instance it touched, found with one hash of its id per
+    // event (a lookup, then an insert, then a lookup in `read` at the end hashed the id
+    // three times: 5 % of the service's CPU under a stream of completed events).
+    let mut current: FxHashMap<&'a str, Touched> =
         FxHashMap::with_capacity_and_hasher(events.len(), rustc_hash::FxBuildHasher);
     let mut new_series: FxHashMap<SeriesId, String> = FxHashMap::default();
 
     for (index, event) in events {
         let key = event.instance_id.as_str();
-        let entry = match current.get(key) {
-            Some(entry) => *entry,
-            None => match read.get(key).and_then(Option::as_ref).map(|r| r.state) {
-                None => (None, None),
-                Some(Some(state)) => (Some(state), None),
-                Some(None) => {
-                    plan.dispositions.push((
-                        *index,
-                        Disposition::Rejected(format!(
-                            "the stored record of instance `{}` is not readable by this version",
-                            crate::domain::quote(event.instance_id.as_str())
-                        )),
-                    ));
-                    continue;
-                }
-            },
+        let touched = match current.entry(key) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => v.insert(match read.remove(key).flatten() {
+                None => Touched::default(),
+                Some(StoredRecord { text, state }) => Touched {
+                    unreadable: state.is_none(),
+                    state,
+                    ttl: None,
+                    expected: Some(text),
+                },
+            }),
         };
-        let (state, _) = entry;
+        if touched.unreadable {
+            plan.dispositions.push((
+                *index,
+                Disposition::Rejected(format!(
+                    "the stored record of instance `{}` is not readable by this version",
+                    crate::domain::quote(key)
+                )),
+            ));
+            continue;
+        }
+        let state = touched.state;
         // Only a start or a completed event names its series (a finish's is in its record).
         let series = || event.labels.series_id();
         let (disposition, next) = match (state, event.kind) {
@@ -645,19 +666,18 @@ pub fn plan_task<'a>(
             (Some(_), _) => (Disposition::Duplicate, None),
         };
         if let Some((state, ttl)) = next {
-            current.insert(key, (Some(state), Some(ttl)));
-        } else {
-            current.insert(key, entry);
+            touched.state = Some(state);
+            touched.ttl = Some(ttl);
         }
         plan.dispositions.push((*index, disposition));
     }
 
-    for (key, (state, ttl)) in current {
-        let (Some(state), Some(ttl)) = (state, ttl) else {
+    for (key, touched) in current {
+        let (Some(state), Some(ttl)) = (touched.state, touched.ttl) else {
             continue; // unchanged
         };
         plan.instance_writes.push(InstanceWrite {
-            expected: read.remove(key).flatten().map(|r| r.text),
+            expected: touched.expected,
             id: key,
             state,
             ttl_ms: ttl / 1000,
@@ -904,6 +924,37 @@ mod tests {
         )]]);
         assert_eq!(d, vec![Disposition::Accepted { over_range: true }]);
         assert_eq!(totals["over"], 1);
+    }
+
+    #[test]
+    fn every_event_of_an_instance_whose_record_is_unreadable_is_rejected_and_it_is_not_written() {
+        let sem = sem();
+        let round = [
+            event("a", T0, EventKind::Finish(Outcome::Succeeded)),
+            event("b", T0, EventKind::Start),
+            event("a", T0 + 1, EventKind::Finish(Outcome::Succeeded)),
+        ];
+        let indexed: Vec<_> = round.iter().enumerate().collect();
+        let mut read = RecordsRead::default();
+        read.insert("a", Some(StoredRecord::from_text("from a later version".into())));
+        read.insert("b", None);
+        let plan = plan_task("p", &indexed, read, &sem, T0);
+        let unreadable =
+            Disposition::Rejected("the stored record of instance `a` is not readable by this version".into());
+        assert_eq!(
+            plan.dispositions,
+            vec![(0, unreadable.clone()), (1, OK), (2, unreadable)]
+        );
+        let written: Vec<_> = plan
+            .instance_writes
+            .iter()
+            .map(|w| (w.id, w.expected.clone()))
+            .collect();
+        assert_eq!(
+            written,
+            vec![("b", None)],
+            "only b's record is written, and it was absent"
+        );
     }
 
     #[test]
