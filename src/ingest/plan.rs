@@ -458,7 +458,11 @@ impl<'a> Filer<'a> {
     /// resolution keeps that minute any more. The minute's fields are looked up once for
     /// all of them: an event files four to six fields, mostly in one minute.
     fn add(&mut self, at: Micros, series: SeriesId, fields: impl IntoIterator<Item = (Field, i64)>) {
-        let minute = Resolution::Minute.bucket_start(at);
+        self.add_to_minute(Resolution::Minute.bucket_start(at), series, fields);
+    }
+
+    /// [`Filer::add`] with the minute's start (seconds) already known.
+    fn add_to_minute(&mut self, minute: i64, series: SeriesId, fields: impl IntoIterator<Item = (Field, i64)>) {
         let kept = match self.last_minute {
             Some((m, kept)) if m == minute => kept,
             _ => {
@@ -503,11 +507,15 @@ impl<'a> Filer<'a> {
             (Field::OverRange, 1),
         ];
         let at_finish = &at_finish[..if over { 4 } else { 3 }];
-        if Resolution::Minute.bucket_start(start) == Resolution::Minute.bucket_start(finish) {
-            self.add(finish, series, at_start.iter().chain(at_finish).copied());
+        let (start_minute, finish_minute) = (
+            Resolution::Minute.bucket_start(start),
+            Resolution::Minute.bucket_start(finish),
+        );
+        if start_minute == finish_minute {
+            self.add_to_minute(finish_minute, series, at_start.iter().chain(at_finish).copied());
         } else {
-            self.add(start, series, at_start.iter().copied());
-            self.add(finish, series, at_finish.iter().copied());
+            self.add_to_minute(start_minute, series, at_start.iter().copied());
+            self.add_to_minute(finish_minute, series, at_finish.iter().copied());
         }
         over
     }
@@ -573,15 +581,23 @@ pub fn plan_task<'a>(
         let key = event.instance_id.as_str();
         let touched = match current.entry(key) {
             Entry::Occupied(o) => o.into_mut(),
-            Entry::Vacant(v) => v.insert(match read.remove(key).flatten() {
-                None => Touched::default(),
-                Some(StoredRecord { text, state }) => Touched {
-                    unreadable: state.is_none(),
-                    state,
-                    ttl: None,
-                    expected: Some(text),
-                },
-            }),
+            Entry::Vacant(v) => {
+                // `remove` on an empty map (as on every first attempt) hashes the id all the same.
+                let stored = if read.is_empty() {
+                    None
+                } else {
+                    read.remove(key).flatten()
+                };
+                v.insert(match stored {
+                    None => Touched::default(),
+                    Some(StoredRecord { text, state }) => Touched {
+                        unreadable: state.is_none(),
+                        state,
+                        ttl: None,
+                        expected: Some(text),
+                    },
+                })
+            }
         };
         if touched.unreadable {
             plan.dispositions.push((
