@@ -99,14 +99,26 @@ pub(crate) fn add_to(into: &mut FieldMap, text: &str) -> Result<(), BadBucket> {
     if text.is_empty() {
         return Ok(());
     }
-    for (i, line) in text.split('\n').enumerate() {
+    // Lines and their space are found byte by byte: a bucket is thousands of short lines,
+    // and `str::split` with a `char` set up a searcher per line (a fifth of the service's
+    // CPU in a query over a month of buckets). '\n' and ' ' never occur inside a longer
+    // UTF-8 sequence, so every slice below starts and ends on a character boundary.
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    for number in 1.. {
+        let end = bytes[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(bytes.len(), |n| start + n);
+        let line = &text[start..end];
         let parsed = line
-            .split_once(' ')
-            .and_then(|(name, value)| Some((name, value.parse::<i64>().ok()?)))
-            .filter(|(name, _)| !name.is_empty());
+            .bytes()
+            .position(|b| b == b' ')
+            .filter(|&space| space > 0)
+            .and_then(|space| Some((&line[..space], line[space + 1..].parse::<i64>().ok()?)));
         let Some((name, value)) = parsed else {
             return Err(BadBucket {
-                line: i + 1,
+                line: number,
                 text: line.chars().take(80).collect(),
             });
         };
@@ -116,6 +128,10 @@ pub(crate) fn add_to(into: &mut FieldMap, text: &str) -> Result<(), BadBucket> {
                 into.insert(name.to_owned(), value);
             }
         }
+        if end == bytes.len() {
+            break;
+        }
+        start = end + 1;
     }
     Ok(())
 }
@@ -125,7 +141,7 @@ pub(crate) fn add_to(into: &mut FieldMap, text: &str) -> Result<(), BadBucket> {
 /// # Errors
 /// When `text` is not what this module writes.
 pub(crate) fn decode(text: &str) -> Result<FieldMap, BadBucket> {
-    let mut out = FieldMap::with_capacity(text.len() / 10);
+    let mut out = FieldMap::with_capacity_and_hasher(text.len() / 10, rustc_hash::FxBuildHasher);
     add_to(&mut out, text)?;
     Ok(out)
 }
@@ -144,7 +160,7 @@ mod tests {
         let text = encode(&fields);
         assert_eq!(text, "fin -3\ns:1023 2\nstarted 14\nsum:s 40960000");
         assert_eq!(decode(&text).unwrap(), fields);
-        assert_eq!(encode(&FieldMap::new()), "");
+        assert_eq!(encode(&FieldMap::default()), "");
         assert!(decode("").unwrap().is_empty());
     }
 
@@ -163,6 +179,11 @@ mod tests {
         assert!(err.contains("`s:10`"), "{err}");
         assert!(decode("s x").is_err());
         assert!(decode(" 3").is_err(), "a field needs a name");
+        let err = decode("s 2\n").unwrap_err().to_string();
+        assert!(err.contains("line 2"), "an empty last line is refused too: {err}");
+        let err = decode("s 2\nß 1\né").unwrap_err().to_string();
+        assert!(err.contains("line 3") && err.contains("`é`"), "{err}");
+        assert_eq!(decode("s 2\nß -1").unwrap()["ß"], -1);
     }
 
     #[test]
@@ -172,11 +193,11 @@ mod tests {
         let out = add_deltas(stored, &d(&[("s:1023", 1), ("a", 5), ("s:2000", 1), ("z", 2)])).unwrap();
         assert_eq!(out, "a 5\nfin 3\ns:1023 3\ns:2000 1\nstarted 14\nz 2");
         assert_eq!(add_deltas("", &d(&[("s", 1)])).unwrap(), "s 1");
-        assert_eq!(add_deltas(stored, &FieldMap::new()).unwrap(), stored);
+        assert_eq!(add_deltas(stored, &FieldMap::default()).unwrap(), stored);
         let err = add_deltas("s 1\ns:10 x", &d(&[("s:10", 1)])).unwrap_err().to_string();
         assert!(err.contains("line 2"), "{err}");
-        assert!(add_deltas("s 1\nfin 2", &FieldMap::new()).is_err(), "not sorted");
-        assert!(add_deltas("s 1\nbroken", &FieldMap::new()).is_err(), "no value");
+        assert!(add_deltas("s 1\nfin 2", &FieldMap::default()).is_err(), "not sorted");
+        assert!(add_deltas("s 1\nbroken", &FieldMap::default()).is_err(), "no value");
     }
 
     proptest! {
@@ -185,8 +206,8 @@ mod tests {
             stored in proptest::collection::hash_map("[a-z:0-9]{1,6}", -1_000_000i64..1_000_000, 0..40),
             deltas in proptest::collection::hash_map("[a-z:0-9]{1,6}", -1_000i64..1_000, 0..20),
         ) {
-            let stored: FieldMap = stored;
-            let deltas: FieldMap = deltas;
+            let stored: FieldMap = stored.into_iter().collect();
+            let deltas: FieldMap = deltas.into_iter().collect();
             let mut want = stored.clone();
             for (n, d) in &deltas {
                 *want.entry(n.clone()).or_default() += d;
@@ -197,7 +218,7 @@ mod tests {
 
         #[test]
         fn decode_inverts_encode(fields in proptest::collection::hash_map("[a-z:0-9]{1,12}", any::<i64>(), 0..64)) {
-            let fields: FieldMap = fields;
+            let fields: FieldMap = fields.into_iter().collect();
             prop_assert_eq!(decode(&encode(&fields)).unwrap(), fields);
         }
     }

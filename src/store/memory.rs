@@ -85,7 +85,7 @@ impl MemoryStore {
                 let entry = db
                     .hashes
                     .entry(h.key)
-                    .or_insert_with(|| (FieldMap::new(), h.expire_at_ms));
+                    .or_insert_with(|| (FieldMap::default(), h.expire_at_ms));
                 // An expired hash starts over, as a Redis key that expired would.
                 if entry.1 <= now_ms {
                     entry.0.clear();
@@ -140,7 +140,7 @@ impl Store for MemoryStore {
             .iter()
             .map(|k| match db.hashes.get(k) {
                 Some((fields, exp)) if *exp > now_ms => fields.clone(),
-                _ => FieldMap::new(),
+                _ => FieldMap::default(),
             })
             .collect())
     }

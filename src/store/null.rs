@@ -24,7 +24,7 @@ impl Store for NullStore {
         _task: &TaskName,
         keys: Vec<String>,
     ) -> Result<Vec<FieldMap>, StoreError> {
-        Ok(vec![FieldMap::new(); keys.len()])
+        Ok(vec![FieldMap::default(); keys.len()])
     }
 
     async fn tasks(&self, _tenant: &Tenant) -> Result<Vec<String>, StoreError> {

@@ -657,7 +657,7 @@ impl RedisStore {
             .zip(stored)
             .map(|(key, value)| match value {
                 Some(text) => bucket::decode(&text).map_err(|e| StoreError::Internal(format!("bucket `{key}`: {e}"))),
-                None => Ok(FieldMap::new()),
+                None => Ok(FieldMap::default()),
             })
             .collect()
     }
