@@ -9,7 +9,7 @@ use crate::buckets::{Retention, cover};
 use crate::domain::{MICROS_PER_SEC, Micros, Outcome, Selector, SeriesId, TimeRange};
 use crate::histogram::HistogramConfig;
 use crate::store::keys::{self, field};
-use crate::store::{FieldMap, Store, StoreError};
+use crate::store::{Fields, Store, StoreError};
 
 /// What queries need to know about the data's shape.
 #[derive(Debug, Clone)]
@@ -143,8 +143,7 @@ pub async fn read_merged<S: Store>(
             let closed_long_enough = bucket.end() + abandon_secs <= now_secs;
             for _ in 0..n {
                 let hash = maps.next().unwrap_or_default();
-                add_counters(&mut m, &hash, closed_long_enough);
-                add_histogram(&mut m, &hash, selector.outcome, &settings.histogram);
+                add_fields(&mut m, &hash, selector.outcome, &settings.histogram, closed_long_enough);
             }
         }
         out.push(m);
@@ -152,33 +151,53 @@ pub async fn read_merged<S: Store>(
     Ok(out)
 }
 
-fn get(map: &FieldMap, name: &str) -> u64 {
-    map.get(name).map_or(0, |v| u64::try_from(*v).unwrap_or(0))
-}
-
-fn add_counters(m: &mut Merged, c: &FieldMap, closed_long_enough: bool) {
-    let started = get(c, field::STARTED);
-    m.started += started;
-    m.succeeded += get(c, keys::outcome_field(Outcome::Succeeded));
-    m.failed += get(c, keys::outcome_field(Outcome::Failed));
-    m.cancelled += get(c, keys::outcome_field(Outcome::Cancelled));
-    m.over_range += get(c, field::OVER_RANGE);
-    if closed_long_enough {
-        m.abandoned += started.saturating_sub(get(c, field::FINISHED_OF_STARTED));
-    }
-}
-
-fn add_histogram(m: &mut Merged, h: &FieldMap, outcome: Outcome, config: &HistogramConfig) {
+/// Adds one bucket's fields to `m`, looking at each field once: its counters, and the
+/// count, exact sum and bins of `outcome`. A counter below zero counts as zero.
+fn add_fields(m: &mut Merged, h: &Fields, outcome: Outcome, config: &HistogramConfig, closed_long_enough: bool) {
     if h.is_empty() {
         return;
     }
-    m.n += get(h, keys::outcome_field(outcome));
-    m.sum_us += i128::from(h.get(keys::sum_field(outcome)).copied().unwrap_or(0));
-    let bins = h.iter().filter_map(|(k, v)| {
-        let bin = keys::parse_bin_field(outcome, k)?;
-        Some((bin, u64::try_from(*v).ok()?))
+    let (count_field, sum_field) = (keys::outcome_field(outcome), keys::sum_field(outcome));
+    let succeeded = keys::outcome_field(Outcome::Succeeded);
+    let failed = keys::outcome_field(Outcome::Failed);
+    let cancelled = keys::outcome_field(Outcome::Cancelled);
+    // Counters are summed over the bucket first (a name can occur twice, see `Fields`).
+    let mut counters = [0i64; 6];
+    let (mut n, mut sum_us) = (0i64, 0i128);
+    let bins = h.iter().filter_map(|(name, v)| {
+        if let Some(bin) = keys::parse_bin_field(outcome, name) {
+            return Some((bin, u64::try_from(v).ok()?));
+        }
+        if name == count_field {
+            n += v;
+        }
+        if name == sum_field {
+            sum_us += i128::from(v);
+        }
+        let slot = match name {
+            field::STARTED => 0,
+            field::FINISHED_OF_STARTED => 1,
+            field::OVER_RANGE => 2,
+            _ if name == succeeded => 3,
+            _ if name == failed => 4,
+            _ if name == cancelled => 5,
+            _ => return None,
+        };
+        counters[slot] += v;
+        None
     });
     config.add_bins(&mut m.durations, bins);
+    let [started, finished_of_started, over_range, s, f, c] = counters.map(|v| u64::try_from(v).unwrap_or(0));
+    m.n += u64::try_from(n).unwrap_or(0);
+    m.sum_us += sum_us;
+    m.started += started;
+    m.succeeded += s;
+    m.failed += f;
+    m.cancelled += c;
+    m.over_range += over_range;
+    if closed_long_enough {
+        m.abandoned += started.saturating_sub(finished_of_started);
+    }
 }
 
 /// Turns merged data into stats: rates, percentiles, min, max and mean.
@@ -279,7 +298,7 @@ mod tests {
             tenant: &crate::domain::Tenant,
             task: &crate::domain::TaskName,
             keys: Vec<String>,
-        ) -> Result<Vec<FieldMap>, StoreError> {
+        ) -> Result<Vec<Fields>, StoreError> {
             let buckets = keys.iter().filter(|k| k.contains(":b:") || k.contains(":t:")).count();
             self.bucket_reads
                 .fetch_add(buckets, std::sync::atomic::Ordering::Relaxed);

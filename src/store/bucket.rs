@@ -8,7 +8,7 @@
 //! bucket: that was half of Redis' work per event.) It is text, so `redis-cli GET` shows
 //! it as it is.
 
-use super::FieldMap;
+use super::{FieldMap, Fields};
 
 /// Why a stored bucket could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -91,59 +91,50 @@ pub(crate) fn add_deltas<'a>(
     Ok(out)
 }
 
-/// Adds the fields of a stored bucket to `into`.
-///
-/// # Errors
-/// When `text` is not what this module writes; `into` may then hold part of it.
-pub(crate) fn add_to(into: &mut FieldMap, text: &str) -> Result<(), BadBucket> {
-    if text.is_empty() {
-        return Ok(());
-    }
-    // Lines and their space are found byte by byte: a bucket is thousands of short lines,
-    // and `str::split` with a `char` set up a searcher per line (a fifth of the service's
-    // CPU in a query over a month of buckets). '\n' and ' ' never occur inside a longer
-    // UTF-8 sequence, so every slice below starts and ends on a character boundary.
-    let bytes = text.as_bytes();
-    let mut start = 0;
-    for number in 1.. {
-        let end = bytes[start..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(bytes.len(), |n| start + n);
-        let line = &text[start..end];
-        let parsed = line
-            .bytes()
-            .position(|b| b == b' ')
-            .filter(|&space| space > 0)
-            .and_then(|space| Some((&line[..space], line[space + 1..].parse::<i64>().ok()?)));
-        let Some((name, value)) = parsed else {
-            return Err(BadBucket {
-                line: number,
-                text: line.chars().take(80).collect(),
-            });
-        };
-        match into.get_mut(name) {
-            Some(v) => *v += value,
-            None => {
-                into.insert(name.to_owned(), value);
-            }
-        }
-        if end == bytes.len() {
-            break;
-        }
-        start = end + 1;
-    }
-    Ok(())
-}
-
-/// The fields of a stored bucket.
+/// The fields of a stored bucket, kept as its text with where each line's name is and its
+/// value (see [`Fields`]).
 ///
 /// # Errors
 /// When `text` is not what this module writes.
-pub(crate) fn decode(text: &str) -> Result<FieldMap, BadBucket> {
-    let mut out = FieldMap::with_capacity_and_hasher(text.len() / 10, rustc_hash::FxBuildHasher);
-    add_to(&mut out, text)?;
-    Ok(out)
+pub(crate) fn decode(text: String) -> Result<Fields, BadBucket> {
+    let mut lines = Vec::with_capacity(text.len() / 10);
+    if !text.is_empty() {
+        // Lines and their space are found byte by byte: a bucket is thousands of short
+        // lines, and `str::split` with a `char` set up a searcher per line (a fifth of the
+        // service's CPU in a query over a month of buckets). '\n' and ' ' never occur
+        // inside a longer UTF-8 sequence, so every slice starts and ends on a character
+        // boundary.
+        let bytes = text.as_bytes();
+        let mut start = 0;
+        for number in 1.. {
+            let end = bytes[start..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(bytes.len(), |n| start + n);
+            let line = &text[start..end];
+            let parsed = line
+                .bytes()
+                .position(|b| b == b' ')
+                .filter(|&space| space > 0)
+                .and_then(|space| Some((space, line[space + 1..].parse::<i64>().ok()?)));
+            let Some((space, value)) = parsed else {
+                return Err(BadBucket {
+                    line: number,
+                    text: line.chars().take(80).collect(),
+                });
+            };
+            lines.push((start, start + space, value));
+            if end == bytes.len() {
+                break;
+            }
+            start = end + 1;
+        }
+    }
+    Ok(Fields {
+        text,
+        lines,
+        added: FieldMap::default(),
+    })
 }
 
 #[cfg(test)]
@@ -159,31 +150,40 @@ mod tests {
             .collect();
         let text = encode(&fields);
         assert_eq!(text, "fin -3\ns:1023 2\nstarted 14\nsum:s 40960000");
-        assert_eq!(decode(&text).unwrap(), fields);
+        assert_eq!(decode(text).unwrap().to_map(), fields);
         assert_eq!(encode(&FieldMap::default()), "");
-        assert!(decode("").unwrap().is_empty());
+        assert!(decode("".to_owned()).unwrap().is_empty());
     }
 
     #[test]
-    fn adding_a_stored_bucket_sums_field_by_field() {
-        let mut into: FieldMap = [("s".to_owned(), 5)].into_iter().collect();
-        add_to(&mut into, "s 2\ns:10 1").unwrap();
-        assert_eq!(into["s"], 7);
-        assert_eq!(into["s:10"], 1);
+    fn fields_added_to_a_stored_bucket_sum_with_its_own() {
+        let mut fields = decode("s 2\ns:10 1".to_owned()).unwrap();
+        fields.add("s", 5);
+        fields.add("fin", 1);
+        fields.add("fin", 2);
+        assert_eq!(fields.get("s"), Some(7));
+        assert_eq!(fields.get("s:10"), Some(1));
+        assert_eq!(fields.get("fin"), Some(3));
+        assert_eq!(fields.get("started"), None);
+        let want: FieldMap = [("s", 7), ("s:10", 1), ("fin", 3)]
+            .map(|(n, v)| (n.to_owned(), v))
+            .into_iter()
+            .collect();
+        assert_eq!(fields.to_map(), want);
     }
 
     #[test]
     fn a_damaged_bucket_is_refused_naming_the_line() {
-        let err = decode("s 2\ns:10\nstarted 1").unwrap_err().to_string();
+        let err = decode("s 2\ns:10\nstarted 1".to_owned()).unwrap_err().to_string();
         assert!(err.contains("line 2"), "{err}");
         assert!(err.contains("`s:10`"), "{err}");
-        assert!(decode("s x").is_err());
-        assert!(decode(" 3").is_err(), "a field needs a name");
-        let err = decode("s 2\n").unwrap_err().to_string();
+        assert!(decode("s x".to_owned()).is_err());
+        assert!(decode(" 3".to_owned()).is_err(), "a field needs a name");
+        let err = decode("s 2\n".to_owned()).unwrap_err().to_string();
         assert!(err.contains("line 2"), "an empty last line is refused too: {err}");
-        let err = decode("s 2\nß 1\né").unwrap_err().to_string();
+        let err = decode("s 2\nß 1\né".to_owned()).unwrap_err().to_string();
         assert!(err.contains("line 3") && err.contains("`é`"), "{err}");
-        assert_eq!(decode("s 2\nß -1").unwrap()["ß"], -1);
+        assert_eq!(decode("s 2\nß -1".to_owned()).unwrap().get("ß"), Some(-1));
     }
 
     #[test]
@@ -219,7 +219,7 @@ mod tests {
         #[test]
         fn decode_inverts_encode(fields in proptest::collection::hash_map("[a-z:0-9]{1,12}", any::<i64>(), 0..64)) {
             let fields: FieldMap = fields.into_iter().collect();
-            prop_assert_eq!(decode(&encode(&fields)).unwrap(), fields);
+            prop_assert_eq!(decode(encode(&fields)).unwrap().to_map(), fields);
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{FieldMap, Store, StoreError, group_by_task, keys, parse_series};
+use super::{FieldMap, Fields, Store, StoreError, group_by_task, keys, parse_series};
 use crate::domain::{Labels, Micros, SeriesId, TaskEvent, TaskName, Tenant};
 use crate::ingest::plan::{self, Disposition, Semantics};
 
@@ -133,14 +133,14 @@ impl Store for MemoryStore {
         _tenant: &Tenant,
         _task: &TaskName,
         keys: Vec<String>,
-    ) -> Result<Vec<FieldMap>, StoreError> {
+    ) -> Result<Vec<Fields>, StoreError> {
         let now_ms = crate::domain::now_micros() / 1000;
         let db = self.lock();
         Ok(keys
             .iter()
             .map(|k| match db.hashes.get(k) {
-                Some((fields, exp)) if *exp > now_ms => fields.clone(),
-                _ => FieldMap::default(),
+                Some((fields, exp)) if *exp > now_ms => Fields::from_map(fields.clone()),
+                _ => Fields::default(),
             })
             .collect())
     }

@@ -1,7 +1,7 @@
 //! The null store: accepts every event and keeps nothing. It exists to measure the
 //! transport's ceiling (decode, validate, group commit, drop) in benchmarks.
 
-use super::{FieldMap, Store, StoreError};
+use super::{Fields, Store, StoreError};
 use crate::domain::{Labels, Micros, SeriesId, TaskEvent, TaskName, Tenant};
 use crate::ingest::plan::Disposition;
 
@@ -23,8 +23,8 @@ impl Store for NullStore {
         _tenant: &Tenant,
         _task: &TaskName,
         keys: Vec<String>,
-    ) -> Result<Vec<FieldMap>, StoreError> {
-        Ok(vec![FieldMap::default(); keys.len()])
+    ) -> Result<Vec<Fields>, StoreError> {
+        Ok(vec![Fields::default(); keys.len()])
     }
 
     async fn tasks(&self, _tenant: &Tenant) -> Result<Vec<String>, StoreError> {

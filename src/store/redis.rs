@@ -21,7 +21,7 @@ use redis::{AsyncCommands as _, RedisError};
 use super::bucket;
 use super::journal::{self, BucketSums, Sums};
 use super::sealed;
-use super::{FieldMap, Store, StoreError, group_by_task, keys, parse_series};
+use super::{Fields, Store, StoreError, group_by_task, keys, parse_series};
 use crate::domain::{Labels, MICROS_PER_SEC, Micros, SeriesId, TaskEvent, TaskName, Tenant, now_micros};
 use crate::ingest::plan::{self, Disposition, InstanceState, Plan, Semantics};
 
@@ -600,7 +600,7 @@ impl RedisStore {
     /// nothing, so it also works when Redis is full. (Redis refuses even a read-only
     /// `MULTI` then, so this checks instead that no fold ran meanwhile: a fold always
     /// removes the journal's first entry, and entry tokens are unique.)
-    async fn read_hashes_with_journal(&self, prefix: &str, keys: Vec<String>) -> Result<Vec<FieldMap>, StoreError> {
+    async fn read_hashes_with_journal(&self, prefix: &str, keys: Vec<String>) -> Result<Vec<Fields>, StoreError> {
         let mut conn = self.conn.clone();
         let journal_key = keys::journal(prefix);
         for _ in 0..READ_ATTEMPTS {
@@ -622,7 +622,7 @@ impl RedisStore {
                 };
                 if let Some((_, fields)) = rolled.get(suffix) {
                     for (field, delta) in fields {
-                        *map.entry(field.clone()).or_default() += delta;
+                        map.add(field, *delta);
                     }
                 }
             }
@@ -651,13 +651,13 @@ impl RedisStore {
     }
 
     /// Reads the buckets `keys` (an absent one is empty).
-    async fn read_buckets(&self, conn: &mut ConnectionManager, keys: &[String]) -> Result<Vec<FieldMap>, StoreError> {
+    async fn read_buckets(&self, conn: &mut ConnectionManager, keys: &[String]) -> Result<Vec<Fields>, StoreError> {
         let stored = self.read_stored(conn, keys).await?;
         keys.iter()
             .zip(stored)
             .map(|(key, value)| match value {
-                Some(text) => bucket::decode(&text).map_err(|e| StoreError::Internal(format!("bucket `{key}`: {e}"))),
-                None => Ok(FieldMap::default()),
+                Some(text) => bucket::decode(text).map_err(|e| StoreError::Internal(format!("bucket `{key}`: {e}"))),
+                None => Ok(Fields::default()),
             })
             .collect()
     }
@@ -1081,7 +1081,7 @@ impl Store for RedisStore {
         tenant: &Tenant,
         task: &TaskName,
         keys: Vec<String>,
-    ) -> Result<Vec<FieldMap>, StoreError> {
+    ) -> Result<Vec<Fields>, StoreError> {
         let prefix = keys::task_prefix(tenant, task);
         self.fold_long_journal(&prefix).await?;
         self.read_hashes_with_journal(&prefix, keys).await

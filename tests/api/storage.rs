@@ -558,7 +558,7 @@ mod journal {
             .read_hashes(&Tenant::default_tenant(), &task(), vec![key])
             .await
             .expect("read");
-        let get = |f: &str| maps[0].get(f).copied().unwrap_or(0);
+        let get = |f: &str| maps[0].get(f).unwrap_or(0);
         (get("started"), get(keys::outcome_field(Outcome::Succeeded)))
     }
 
