@@ -44,9 +44,9 @@ impl StoreError {
     }
 }
 
-/// A hash read back from the store: field -> integer value. Its names are the store's own
-/// field names, not a client's text, so it hashes them with Fx, not SipHash (which was a
-/// fifth of the service's CPU in a query over a month of buckets).
+/// A hash's fields: name -> integer value. The names are the store's own field names, not
+/// a client's text, so they are hashed with Fx, not SipHash (which was a fifth of the
+/// service's CPU in a query over a month of buckets).
 pub type FieldMap = rustc_hash::FxHashMap<String, i64>;
 
 /// A hash read back from the store (counters, histograms): its fields and their values.
@@ -56,8 +56,9 @@ pub type FieldMap = rustc_hash::FxHashMap<String, i64>;
 /// buckets of thousands of fields each and looks at each field once, and building a map
 /// per bucket (a `String` and a hash insert per field) was half of the service's CPU in
 /// such a query. A name can occur twice, in the stored text and among the fields added
-/// to it (a journal not folded yet); its value is the sum of both.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// to it (a journal not folded yet); its value is the sum of both. (Two of them with the
+/// same fields may be laid out differently: compare their [`Fields::to_map`].)
+#[derive(Debug, Clone, Default)]
 pub struct Fields {
     text: String,
     /// Per line of `text`: where its name starts and ends, and its value.
