@@ -61,28 +61,20 @@ pub(crate) fn add_deltas<'a>(
     };
     let mut pending = deltas.into_iter().peekable();
     let mut previous: Option<&str> = None;
-    if !stored.is_empty() {
-        for (i, line) in stored.split('\n').enumerate() {
-            let bad = || BadBucket {
-                line: i + 1,
-                text: line.chars().take(80).collect(),
-            };
-            let (name, value) = line.split_once(' ').filter(|(n, _)| !n.is_empty()).ok_or_else(bad)?;
-            if previous.is_some_and(|p| p >= name) {
-                return Err(bad());
-            }
-            previous = Some(name);
-            // Fields only the deltas have, before this one.
-            while let Some((n, d)) = pending.next_if(|(n, _)| *n < name) {
-                line_out(&mut out, n, buf.format(d));
-            }
-            match pending.next_if(|(n, _)| *n == name) {
-                Some((_, d)) => {
-                    let v: i64 = value.parse().map_err(|_| bad())?;
-                    line_out(&mut out, name, buf.format(v + d));
-                }
-                None => line_out(&mut out, name, value),
-            }
+    for line in lines(stored) {
+        let line = line?;
+        let name = line.name();
+        if previous.is_some_and(|p| p >= name) {
+            return Err(line.bad());
+        }
+        previous = Some(name);
+        // Fields only the deltas have, before this one.
+        while let Some((n, d)) = pending.next_if(|(n, _)| *n < name) {
+            line_out(&mut out, n, buf.format(d));
+        }
+        match pending.next_if(|(n, _)| *n == name) {
+            Some((_, d)) => line_out(&mut out, name, buf.format(line.parse()? + d)),
+            None => line_out(&mut out, name, line.value()),
         }
     }
     for (n, d) in pending {
@@ -97,43 +89,89 @@ pub(crate) fn add_deltas<'a>(
 /// # Errors
 /// When `text` is not what this module writes.
 pub(crate) fn decode(text: String) -> Result<Fields, BadBucket> {
-    let mut lines = Vec::with_capacity(text.len() / 10);
-    if !text.is_empty() {
-        // Lines and their space are found byte by byte: a bucket is thousands of short
-        // lines, and `str::split` with a `char` set up a searcher per line (a fifth of the
-        // service's CPU in a query over a month of buckets). '\n' and ' ' never occur
-        // inside a longer UTF-8 sequence, so every slice starts and ends on a character
-        // boundary.
-        let bytes = text.as_bytes();
-        let mut start = 0;
-        for number in 1.. {
-            let end = bytes[start..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(bytes.len(), |n| start + n);
-            let line = &text[start..end];
-            let parsed = line
-                .bytes()
-                .position(|b| b == b' ')
-                .filter(|&space| space > 0)
-                .and_then(|space| Some((space, line[space + 1..].parse::<i64>().ok()?)));
-            let Some((space, value)) = parsed else {
-                return Err(BadBucket {
-                    line: number,
-                    text: line.chars().take(80).collect(),
-                });
-            };
-            lines.push((start, start + space, value));
-            if end == bytes.len() {
-                break;
-            }
-            start = end + 1;
-        }
+    let mut found = Vec::with_capacity(text.len() / 10);
+    for line in lines(&text) {
+        let line = line?;
+        let start = line.start;
+        found.push((start, start + line.space, line.parse()?));
     }
     Ok(Fields {
         text,
-        lines,
+        lines: found,
         added: FieldMap::default(),
+    })
+}
+
+/// One line of a stored bucket: `name value`, split at its first space.
+struct Line<'a> {
+    /// Its number, from 1 (for errors).
+    number: usize,
+    /// Where it starts in the bucket's text.
+    start: usize,
+    /// The line, without its '\n'.
+    text: &'a str,
+    /// Where its first space is: after a name of at least one byte.
+    space: usize,
+}
+
+impl<'a> Line<'a> {
+    fn name(&self) -> &'a str {
+        &self.text[..self.space]
+    }
+
+    fn value(&self) -> &'a str {
+        &self.text[self.space + 1..]
+    }
+
+    fn parse(&self) -> Result<i64, BadBucket> {
+        self.value().parse().map_err(|_| self.bad())
+    }
+
+    fn bad(&self) -> BadBucket {
+        bad_line(self.number, self.text)
+    }
+}
+
+fn bad_line(number: usize, text: &str) -> BadBucket {
+    BadBucket {
+        line: number,
+        text: text.chars().take(80).collect(),
+    }
+}
+
+/// The lines of the stored bucket `text` (none when it is empty), each an error when it
+/// has no space after a non-empty name.
+///
+/// Lines and their space are found byte by byte: a bucket is thousands of short lines, and
+/// `str::split` with a `char` set up a searcher per line (a fifth of the service's CPU in
+/// a query over a month of buckets). '\n' and ' ' never occur inside a longer UTF-8
+/// sequence, so every slice starts and ends on a character boundary.
+fn lines(text: &str) -> impl Iterator<Item = Result<Line<'_>, BadBucket>> {
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    let mut number = 0;
+    std::iter::from_fn(move || {
+        if start > bytes.len() || bytes.is_empty() {
+            return None;
+        }
+        number += 1;
+        let end = bytes[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(bytes.len(), |n| start + n);
+        let line = &text[start..end];
+        let at = start;
+        // Past the end once the last line is read, so the next call stops.
+        start = end + 1;
+        Some(match line.bytes().position(|b| b == b' ') {
+            Some(space) if space > 0 => Ok(Line {
+                number,
+                start: at,
+                text: line,
+                space,
+            }),
+            _ => Err(bad_line(number, line)),
+        })
     })
 }
 
