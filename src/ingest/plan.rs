@@ -454,15 +454,10 @@ impl<'a> Filer<'a> {
         }
     }
 
-    /// Adds each `(field, delta)` to `series` in the minute holding time `at`, unless no
-    /// resolution keeps that minute any more. The minute's fields are looked up once for
-    /// all of them: an event files four to six fields, mostly in one minute.
-    fn add(&mut self, at: Micros, series: SeriesId, fields: impl IntoIterator<Item = (Field, i64)>) {
-        self.add_to_minute(Resolution::Minute.bucket_start(at), series, fields);
-    }
-
-    /// [`Filer::add`] with the minute's start (seconds) already known.
-    fn add_to_minute(&mut self, minute: i64, series: SeriesId, fields: impl IntoIterator<Item = (Field, i64)>) {
+    /// Adds each `(field, delta)` to `series` in the minute starting at `minute` (seconds),
+    /// unless no resolution keeps that minute any more. The minute's fields are looked up
+    /// once for all of them: an event files four to six fields, mostly in one minute.
+    fn add(&mut self, minute: i64, series: SeriesId, fields: impl IntoIterator<Item = (Field, i64)>) {
         let kept = match self.last_minute {
             Some((m, kept)) if m == minute => kept,
             _ => {
@@ -483,7 +478,7 @@ impl<'a> Filer<'a> {
     }
 
     fn started(&mut self, at: Micros, series: SeriesId) {
-        self.add(at, series, [(Field::Started, 1)]);
+        self.add(Resolution::Minute.bucket_start(at), series, [(Field::Started, 1)]);
     }
 
     /// Files a finished instance, and its start too when `and_started`; returns whether
@@ -512,10 +507,10 @@ impl<'a> Filer<'a> {
             Resolution::Minute.bucket_start(finish),
         );
         if start_minute == finish_minute {
-            self.add_to_minute(finish_minute, series, at_start.iter().chain(at_finish).copied());
+            self.add(finish_minute, series, at_start.iter().chain(at_finish).copied());
         } else {
-            self.add_to_minute(start_minute, series, at_start.iter().copied());
-            self.add_to_minute(finish_minute, series, at_finish.iter().copied());
+            self.add(start_minute, series, at_start.iter().copied());
+            self.add(finish_minute, series, at_finish.iter().copied());
         }
         over
     }
