@@ -47,8 +47,14 @@ pub(crate) fn add_deltas<'a>(
     stored: &str,
     deltas: impl IntoIterator<Item = (&'a String, &'a i64)>,
 ) -> Result<String, BadBucket> {
-    let mut deltas: Vec<(&str, i64)> = deltas.into_iter().map(|(n, d)| (n.as_str(), *d)).collect();
-    deltas.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    // Sorted by name, compared by their first eight bytes as one integer first: sorting a
+    // fold's few hundred names with a `memcmp` per comparison was three fifths of this
+    // function (callgrind, the `fold_entries` microbenchmark).
+    let mut deltas: Vec<(u64, &str, i64)> = deltas
+        .into_iter()
+        .map(|(n, d)| (name_prefix(n), n.as_str(), *d))
+        .collect();
+    deltas.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
     let mut out = String::with_capacity(stored.len() + 16 * deltas.len());
     let mut buf = itoa::Buffer::new();
     let line_out = |out: &mut String, name: &str, value: &str| {
@@ -59,7 +65,7 @@ pub(crate) fn add_deltas<'a>(
         out.push(' ');
         out.push_str(value);
     };
-    let mut pending = deltas.into_iter().peekable();
+    let mut pending = deltas.into_iter().map(|(_, n, d)| (n, d)).peekable();
     let mut previous: Option<&str> = None;
     for line in lines(stored) {
         let line = line?;
@@ -100,6 +106,16 @@ pub(crate) fn decode(text: String) -> Result<Fields, BadBucket> {
         lines: found,
         added: FieldMap::default(),
     })
+}
+
+/// The first eight bytes of `name` as a big-endian integer, zero-padded: ordering by it
+/// agrees with ordering by name wherever it differs (a name that ends sorts before one
+/// that goes on, and a zero byte sorts before every other byte).
+fn name_prefix(name: &str) -> u64 {
+    let mut bytes = [0; 8];
+    let n = name.len().min(8);
+    bytes[..n].copy_from_slice(&name.as_bytes()[..n]);
+    u64::from_be_bytes(bytes)
 }
 
 /// One line of a stored bucket: `name value`, split at its first space.
@@ -239,6 +255,14 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn name_prefixes_order_as_names_do(a in "[a-z:0-9\\x00]{0,12}", b in "[a-z:0-9\\x00]{0,12}") {
+            let (pa, pb) = (name_prefix(&a), name_prefix(&b));
+            if pa != pb {
+                prop_assert_eq!(pa.cmp(&pb), a.cmp(&b));
+            }
+        }
+
         #[test]
         fn adding_deltas_is_decode_add_encode(
             stored in proptest::collection::hash_map("[a-z:0-9]{1,6}", -1_000_000i64..1_000_000, 0..40),
