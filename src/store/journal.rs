@@ -32,7 +32,7 @@ use crate::buckets::BucketRef;
 use crate::buckets::{Resolution, Retention};
 use crate::domain::SeriesId;
 use crate::ingest::plan::{Increments, RolledUp, roll_up_into};
-use crate::store::keys;
+use crate::store::{keys, split_ascii};
 
 /// The summed increments of one bucket: its expiry (ms since the epoch), field -> delta.
 pub(crate) type BucketSums = (i64, FxHashMap<String, i64>);
@@ -61,28 +61,6 @@ pub(crate) fn encode(token: &str, increments: &Increments) -> String {
 /// The token of an entry (its first line).
 pub(crate) fn token(entry: &str) -> &str {
     split_ascii(entry, b'\n').next().unwrap_or("")
-}
-
-/// The pieces of `text` between the ASCII bytes `sep`, as `text.split(sep as char)` gives
-/// them, found byte by byte: an entry is many short words, and `str::split` with a `char`
-/// sets up a searcher for each. An ASCII byte never occurs inside a longer UTF-8
-/// sequence, so every piece starts and ends on a character boundary.
-fn split_ascii(text: &str, sep: u8) -> impl Iterator<Item = &str> {
-    debug_assert!(sep.is_ascii());
-    let mut rest = Some(text);
-    std::iter::from_fn(move || {
-        let s = rest?;
-        match s.bytes().position(|b| b == sep) {
-            Some(i) => {
-                rest = Some(&s[i + 1..]);
-                Some(&s[..i])
-            }
-            None => {
-                rest = None;
-                Some(s)
-            }
-        }
-    })
 }
 
 /// One line of an entry, parsed, with its (field, delta) pairs.
@@ -280,17 +258,6 @@ fn suffix(bucket: BucketRef, series: Option<SeriesId>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
-
-    proptest! {
-        #[test]
-        fn split_ascii_splits_as_str_split_does(text in "[a-z \n:é0-9]{0,24}") {
-            for sep in [b' ', b'\n'] {
-                let want: Vec<&str> = text.split(char::from(sep)).collect();
-                prop_assert_eq!(split_ascii(&text, sep).collect::<Vec<_>>(), want);
-            }
-        }
-    }
 
     const P: &str = "tt:v2:{default|checkout}";
 

@@ -193,6 +193,28 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
+/// The pieces of `text` between the ASCII bytes `sep`, as `text.split(sep as char)` gives
+/// them, found byte by byte: a journal entry or a stored bucket is many short words and lines, and `str::split` with a `char`
+/// sets up a searcher for each. An ASCII byte never occurs inside a longer UTF-8
+/// sequence, so every piece starts and ends on a character boundary.
+pub(crate) fn split_ascii(text: &str, sep: u8) -> impl Iterator<Item = &str> {
+    debug_assert!(sep.is_ascii());
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let s = rest?;
+        match s.bytes().position(|b| b == sep) {
+            Some(i) => {
+                rest = Some(&s[i + 1..]);
+                Some(&s[..i])
+            }
+            None => {
+                rest = None;
+                Some(s)
+            }
+        }
+    })
+}
+
 /// Groups a batch by `(tenant, task)`, keeping each event's index and the input order
 /// within a group. One group is one Redis slot.
 pub(crate) fn group_by_task(events: &[TaskEvent]) -> Vec<(String, Vec<(usize, &TaskEvent)>)> {
@@ -281,6 +303,17 @@ impl Store for AnyStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn split_ascii_splits_as_str_split_does(text in "[a-z \n:é0-9]{0,24}") {
+            for sep in [b' ', b'\n'] {
+                let want: Vec<&str> = text.split(char::from(sep)).collect();
+                prop_assert_eq!(split_ascii(&text, sep).collect::<Vec<_>>(), want);
+            }
+        }
+    }
     use crate::buckets::Retention;
 
     fn fold(entries: &[&str], stored: &HashMap<String, String>) -> Result<HashMap<String, String>, String> {
