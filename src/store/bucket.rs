@@ -161,22 +161,21 @@ fn bad_line(number: usize, text: &str) -> BadBucket {
 /// the service's CPU in a query over a month of buckets.
 fn lines(text: &str) -> impl Iterator<Item = Result<Line<'_>, BadBucket>> {
     let mut start = 0;
-    split_ascii(text, b'\n')
-        .take_while(move |_| !text.is_empty())
-        .enumerate()
-        .map(move |(i, line)| {
-            let at = start;
-            start += line.len() + 1;
-            match line.bytes().position(|b| b == b' ') {
-                Some(space) if space > 0 => Ok(Line {
-                    number: i + 1,
-                    start: at,
-                    text: line,
-                    space,
-                }),
-                _ => Err(bad_line(i + 1, line)),
-            }
-        })
+    // `split` gives one empty piece for an empty text; an empty bucket has no line.
+    let pieces = if text.is_empty() { 0 } else { usize::MAX };
+    split_ascii(text, b'\n').take(pieces).enumerate().map(move |(i, line)| {
+        let at = start;
+        start += line.len() + 1;
+        match line.bytes().position(|b| b == b' ') {
+            Some(space) if space > 0 => Ok(Line {
+                number: i + 1,
+                start: at,
+                text: line,
+                space,
+            }),
+            _ => Err(bad_line(i + 1, line)),
+        }
+    })
 }
 
 #[cfg(test)]

@@ -81,7 +81,7 @@ pub(crate) struct BadEntry {
 
 /// Parses the key of a series' minute bucket (`<namespace>:b:m:<start>:<series>`).
 fn parse_minute_key(key: &str) -> Option<(&str, (i64, SeriesId))> {
-    let mut parts = key.split(':');
+    let mut parts = split_ascii(key, b':');
     let namespace = parts.next().filter(|n| !n.is_empty())?;
     if (parts.next(), parts.next()) != (Some("b"), Some(Resolution::Minute.code())) {
         return None;
@@ -95,7 +95,7 @@ fn parse_minute_key(key: &str) -> Option<(&str, (i64, SeriesId))> {
 /// Whether `key` names a bucket without the task prefix
 /// (`<namespace>:<b|t>:<m|h|d>:<start>[:<series>]`, as [`keys::write_bucket_suffix`]).
 fn is_bucket_key(key: &str) -> bool {
-    let parts: Vec<&str> = key.split(':').collect();
+    let parts: Vec<&str> = split_ascii(key, b':').collect();
     let series_ok = match (parts.get(1).copied(), parts.len()) {
         (Some("b"), 5) => SeriesId::from_hex(parts[4]).is_some(),
         (Some("t"), 4) => true,

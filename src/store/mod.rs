@@ -194,9 +194,10 @@ pub trait Store: Clone + Send + Sync + 'static {
 }
 
 /// The pieces of `text` between the ASCII bytes `sep`, as `text.split(sep as char)` gives
-/// them, found byte by byte: a journal entry or a stored bucket is many short words and lines, and `str::split` with a `char`
-/// sets up a searcher for each. An ASCII byte never occurs inside a longer UTF-8
-/// sequence, so every piece starts and ends on a character boundary.
+/// them, found byte by byte: a journal entry or a stored bucket is many short words and
+/// lines, and `str::split` with a `char` sets up a searcher for each. An ASCII byte never
+/// occurs inside a longer UTF-8 sequence, so every piece starts and ends on a character
+/// boundary.
 pub(crate) fn split_ascii(text: &str, sep: u8) -> impl Iterator<Item = &str> {
     debug_assert!(sep.is_ascii());
     let mut rest = Some(text);
@@ -303,6 +304,7 @@ impl Store for AnyStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::buckets::Retention;
     use proptest::prelude::*;
 
     proptest! {
@@ -314,7 +316,6 @@ mod tests {
             }
         }
     }
-    use crate::buckets::Retention;
 
     fn fold(entries: &[&str], stored: &HashMap<String, String>) -> Result<HashMap<String, String>, String> {
         let entries: Vec<String> = entries.iter().map(|e| (*e).to_owned()).collect();
