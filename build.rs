@@ -24,6 +24,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(false)
         .out_dir(&wire_out)
         .bytes(".");
+    // The request itself is indexed, not decoded, by `crate::grpc::wire::WireRecordRequest`:
+    // its events are parsed one by one, borrowing from the request's bytes.
+    wire_build = wire_build.extern_path(".tasktime.v1.WireRecordRequest", "crate::grpc::wire::WireRecordRequest");
     for public in [
         "Start",
         "Finish",

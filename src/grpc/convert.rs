@@ -2,9 +2,8 @@
 //! names the field as the client sent it (`events[3].finish.outcome`).
 
 use std::collections::BTreeMap;
-use std::hash::{Hash as _, Hasher as _};
 
-use rustc_hash::{FxHashMap, FxHasher};
+use rustc_hash::FxHashMap;
 
 use crate::domain::{
     DEFAULT_PERCENTILES, DomainError, EventKind, InstanceId, LabelFilter, Labels, Limits, MICROS_PER_SEC, Micros,
@@ -107,9 +106,9 @@ pub struct RequestCache {
     /// would only pay for the keeping.
     keep: bool,
     /// Task names as sent -> the checked name.
-    tasks: FxHashMap<bytes::Bytes, TaskName>,
-    /// Hash of the label entries as sent (encoded) -> those entries and their labels.
-    sets: FxHashMap<u64, (Vec<bytes::Bytes>, Labels)>,
+    tasks: FxHashMap<Box<[u8]>, TaskName>,
+    /// Label entries as sent ([`wire::WireEvent::labels`]) -> their labels.
+    sets: FxHashMap<Box<[u8]>, Labels>,
 }
 
 impl Default for RequestCache {
@@ -132,38 +131,32 @@ impl RequestCache {
     }
 
     /// The checked task name of `sent`; errors name the field `task`.
-    fn task(&mut self, sent: bytes::Bytes) -> Result<TaskName, String> {
-        if let Some(task) = self.tasks.get(&sent) {
+    fn task(&mut self, sent: &[u8]) -> Result<TaskName, String> {
+        if let Some(task) = self.tasks.get(sent) {
             return Ok(task.clone());
         }
-        let task = TaskName::parse("task", utf8(&"task", &sent)?.to_owned()).map_err(domain)?;
+        let task = TaskName::parse("task", utf8(&"task", sent)?.to_owned()).map_err(domain)?;
         if self.keep {
-            self.tasks.insert(sent, task.clone());
+            self.tasks.insert(sent.into(), task.clone());
         }
         Ok(task)
     }
 
-    /// The labels of `entries` (a protobuf map as sent, each entry still encoded: a key
-    /// sent twice keeps its last value), checked against `limits`. Errors name the field
-    /// relative to the event (`labels[release] ...`). Entries already seen in the request
-    /// are not decoded again.
-    fn labels(&mut self, entries: Vec<bytes::Bytes>, limits: &Limits) -> Result<Labels, String> {
-        if entries.is_empty() {
+    /// The labels of `event` (its entries of a protobuf map as sent, each still encoded:
+    /// a key sent twice keeps its last value), checked against `limits`. Errors name the
+    /// field relative to the event (`labels[release] ...`). Entries already seen in the
+    /// request, byte for byte, are not decoded again.
+    fn labels(&mut self, event: &wire::WireEvent<'_>, limits: &Limits) -> Result<Labels, String> {
+        if event.labels.is_empty() {
             return Ok(Labels::default());
         }
-        let hash = self.keep.then(|| {
-            let mut hasher = FxHasher::default();
-            entries.hash(&mut hasher);
-            hasher.finish()
-        });
-        if let Some((sent, labels)) = hash.and_then(|hash| self.sets.get(&hash)) {
-            if *sent == entries {
-                return Ok(labels.clone());
-            }
+        if let Some(labels) = self.sets.get(event.labels) {
+            return Ok(labels.clone());
         }
         let mut map = BTreeMap::new();
-        for (i, entry) in entries.iter().enumerate() {
-            let l = <wire::WireLabel as prost::Message>::decode(entry.clone())
+        for (i, entry) in event.label_entries().enumerate() {
+            let l = entry
+                .and_then(<wire::WireLabel as prost::Message>::decode)
                 .map_err(|e| format!("labels entry {i} is not a map entry ({e})"))?;
             let key = utf8(&"labels key", &l.key)?;
             let value = utf8(&format_args!("labels[{key}]"), &l.value)?;
@@ -171,25 +164,21 @@ impl RequestCache {
         }
         let labels =
             Labels::parse_map("labels", map, limits.max_labels, limits.max_label_value_bytes).map_err(domain)?;
-        // On a hash collision the first set keeps its place; the other is checked anew each time.
-        if let Some(hash) = hash {
-            self.sets.entry(hash).or_insert_with(|| (entries, labels.clone()));
+        if self.keep {
+            self.sets.insert(event.labels.into(), labels.clone());
         }
         Ok(labels)
     }
 }
 
-/// Converts and validates one event of a request (as the server decodes it, see
+/// Parses, converts and validates one event of a request (its encoded `TaskEvent`, see
 /// [`wire`]); `cache` keeps the task names and label sets of the request seen so far.
 /// The error is the reason for the client.
-pub fn event(
-    index: usize,
-    e: wire::WireTaskEvent,
-    ctx: &EventContext,
-    cache: &mut RequestCache,
-) -> Result<TaskEvent, String> {
+pub fn event(index: usize, bytes: &[u8], ctx: &EventContext, cache: &mut RequestCache) -> Result<TaskEvent, String> {
+    let mut e = wire::WireEvent::parse(bytes)
+        .map_err(|e| format!("events[{index}] is not a TaskEvent message as protobuf encodes it ({e})"))?;
     let f = |name: &str| format!("events[{index}].{name}");
-    let Some(kind) = e.kind else {
+    let Some(kind) = e.kind.take() else {
         return Err(format!(
             "events[{index}] has no event kind: set exactly one of start, finish or completed"
         ));
@@ -198,7 +187,7 @@ pub fn event(
     // `events[i].` in front, so nothing is formatted for the events that pass.
     let within = |reason: String| format!("events[{index}].{reason}");
     let task = cache.task(e.task).map_err(within)?;
-    let instance_id = utf8(&"instance_id", &e.instance_id).map_err(within)?;
+    let instance_id = utf8(&"instance_id", e.instance_id).map_err(within)?;
     let instance_id = InstanceId::parse("instance_id", instance_id.to_owned()).map_err(|e| within(domain(e)))?;
     let at = match &e.at {
         Some(ts) => timestamp_micros("at", ts).map_err(within)?,
@@ -247,7 +236,7 @@ pub fn event(
     };
     // Labels on a finish are ignored (the start's labels name the series) but still checked,
     // so a client learns about a bad label on the first event that carries it.
-    let labels = cache.labels(e.labels, &ctx.limits).map_err(within)?;
+    let labels = cache.labels(&e, &ctx.limits).map_err(within)?;
     Ok(TaskEvent {
         tenant: Tenant::default_tenant(),
         task,
@@ -394,10 +383,35 @@ mod tests {
         }
     }
 
-    /// Converts a public event the way the server receives it: encoded, decoded as a
-    /// wire event, converted.
+    /// Converts a wire event the way the server receives it: encoded.
+    fn event(
+        index: usize,
+        e: wire::WireTaskEvent,
+        ctx: &EventContext,
+        cache: &mut RequestCache,
+    ) -> Result<TaskEvent, String> {
+        super::event(index, &prost::Message::encode_to_vec(&e), ctx, cache)
+    }
+
+    /// Converts a public event the way the server receives it: encoded, parsed, converted.
     fn convert(index: usize, e: pb::TaskEvent) -> Result<TaskEvent, String> {
         event(index, wire::from_public(&e), &ctx(), &mut RequestCache::default())
+    }
+
+    #[test]
+    fn an_event_that_is_not_a_protobuf_message_is_rejected_alone() {
+        let mut cache = RequestCache::default();
+        let good = prost::Message::encode_to_vec(&wire::from_public(&with_labels(&[("release", "1")])));
+        // Its instance_id's length runs past the event's end.
+        let mut broken = good.clone();
+        broken.extend_from_slice(b"\x12\x40ab");
+        let err = super::event(3, &broken, &ctx(), &mut cache).unwrap_err();
+        assert!(
+            err.starts_with("events[3] is not a TaskEvent message as protobuf encodes it ("),
+            "{err}"
+        );
+        let e = super::event(4, &good, &ctx(), &mut cache).unwrap();
+        assert_eq!(e.labels.get("release"), Some("1"));
     }
 
     fn with_labels(pairs: &[(&str, &str)]) -> pb::TaskEvent {

@@ -93,7 +93,7 @@ impl IngestApi {
         answer_by: Option<Instant>,
     ) -> Result<pb::RecordResponse, Status> {
         let started = Instant::now();
-        let n = request.events.len();
+        let n = request.len();
         if n > self.limits.max_events_per_request {
             return Err(status::invalid_argument(vec![Violation {
                 field: "events".into(),
@@ -112,7 +112,7 @@ impl IngestApi {
         let mut valid_index = Vec::with_capacity(n);
         let mut rejected = Vec::new();
         let mut cache = RequestCache::for_events(n);
-        for (i, e) in request.events.into_iter().enumerate() {
+        for (i, e) in request.events().enumerate() {
             match convert::event(i, e, &ctx, &mut cache) {
                 Ok(event) => {
                     valid.push(event);
@@ -161,7 +161,7 @@ type ResponseStream = Pin<Box<dyn futures::Stream<Item = Result<pb::RecordRespon
 
 #[tonic::async_trait]
 impl IngestService for IngestApi {
-    #[tracing::instrument(skip_all, fields(events = request.get_ref().events.len()))]
+    #[tracing::instrument(skip_all, fields(events = request.get_ref().len()))]
     async fn record(&self, request: Request<WireRecordRequest>) -> Result<Response<pb::RecordResponse>, Status> {
         let answer_by = client_deadline(request.metadata(), Instant::now());
         self.process(request.into_inner(), answer_by).await.map(Response::new)

@@ -288,7 +288,8 @@ async fn a_bad_stats_request_lists_every_violation(backend: Backend) {
 /// Text fields that are not UTF-8 (which a client in a language without checked strings
 /// can send) reject their event, naming the field, and the rest of the batch is applied:
 /// the server decodes them as bytes and checks each one itself. So does a label entry
-/// that is not a map entry (the server decodes the entries itself too).
+/// that is not a map entry (the server decodes the entries itself too), and an event
+/// that is not a TaskEvent message (the server parses each event on its own).
 async fn text_that_is_not_utf8_rejects_its_event_only(backend: Backend) {
     use prost::Message as _;
     use tasktime::grpc::wire::{WireLabel, WireRecordRequest, WireTaskEvent, from_public};
@@ -306,38 +307,48 @@ async fn text_that_is_not_utf8_rejects_its_event_only(backend: Backend) {
                 &[("release", "1")],
             ))
         };
-        let request = WireRecordRequest {
-            events: vec![
-                good("a"),
-                WireTaskEvent {
-                    instance_id: b"b\xff".to_vec().into(),
-                    ..good("b")
-                },
-                WireTaskEvent {
-                    labels: vec![
-                        WireLabel {
-                            key: b"release".to_vec().into(),
-                            value: b"1.\xc0".to_vec().into(),
-                        }
-                        .encode_to_vec()
-                        .into(),
-                    ],
-                    ..good("c")
-                },
-                good("d"),
-                // A label entry that is not a map entry: its length runs past its end.
-                WireTaskEvent {
-                    labels: vec![b"\x0a\x09ab".to_vec().into()],
-                    ..good("e")
-                },
-            ],
-        };
+        let request = WireRecordRequest::from_events(&[
+            good("a"),
+            WireTaskEvent {
+                instance_id: b"b\xff".to_vec().into(),
+                ..good("b")
+            },
+            WireTaskEvent {
+                labels: vec![
+                    WireLabel {
+                        key: b"release".to_vec().into(),
+                        value: b"1.\xc0".to_vec().into(),
+                    }
+                    .encode_to_vec()
+                    .into(),
+                ],
+                ..good("c")
+            },
+            good("d"),
+            // A label entry that is not a map entry: its length runs past its end.
+            WireTaskEvent {
+                labels: vec![b"\x0a\x09ab".to_vec().into()],
+                ..good("e")
+            },
+        ]);
+        // And an event that is not a TaskEvent message: its instance_id's length runs
+        // past the event's end.
+        let mut request = request.encode_to_vec();
+        prost::encoding::bytes::encode(
+            1,
+            &good("f")
+                .encode_to_vec()
+                .into_iter()
+                .chain(*b"\x12\x40ab")
+                .collect::<Vec<u8>>(),
+            &mut request,
+        );
         // The public client cannot encode such strings: a raw gRPC call with the bytes.
         let mut grpc = tonic::client::Grpc::new(app.channel.clone());
         grpc.ready().await.expect("the channel is ready");
         let response: pb::RecordResponse = grpc
             .unary(
-                tonic::Request::new(request.encode_to_vec()),
+                tonic::Request::new(request),
                 tonic::codegen::http::uri::PathAndQuery::from_static("/tasktime.v1.IngestService/Record"),
                 tasktime::bench::EncodedCodec,
             )
@@ -346,7 +357,7 @@ async fn text_that_is_not_utf8_rejects_its_event_only(backend: Backend) {
             .into_inner();
         assert_eq!(response.accepted, 2, "{response:?}");
         let reasons: Vec<(u32, &str)> = response.rejected.iter().map(|e| (e.index, e.reason.as_str())).collect();
-        assert_eq!(reasons.len(), 3, "{reasons:?}");
+        assert_eq!(reasons.len(), 4, "{reasons:?}");
         assert_eq!(reasons[0].0, 1);
         assert!(
             reasons[0].1.starts_with("events[1].instance_id is not valid UTF-8"),
@@ -360,6 +371,13 @@ async fn text_that_is_not_utf8_rejects_its_event_only(backend: Backend) {
         assert_eq!(reasons[2].0, 4);
         assert!(
             reasons[2].1.starts_with("events[4].labels entry 0 is not a map entry"),
+            "{reasons:?}"
+        );
+        assert_eq!(reasons[3].0, 5);
+        assert!(
+            reasons[3]
+                .1
+                .starts_with("events[5] is not a TaskEvent message as protobuf encodes it"),
             "{reasons:?}"
         );
         let mut query = app.query.clone();
