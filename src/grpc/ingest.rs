@@ -93,6 +93,12 @@ impl IngestApi {
         answer_by: Option<Instant>,
     ) -> Result<pb::RecordResponse, Status> {
         let started = Instant::now();
+        if let Some(reason) = request.malformed() {
+            return Err(status::invalid_argument(vec![Violation {
+                field: "events".into(),
+                description: reason.to_owned(),
+            }]));
+        }
         let n = request.len();
         if n > self.limits.max_events_per_request {
             return Err(status::invalid_argument(vec![Violation {

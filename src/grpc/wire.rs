@@ -40,11 +40,18 @@ const LABELS: u32 = 4;
 
 /// A `RecordRequest` as the server receives it: its bytes, and where in them each event
 /// is (checked to be whole; each event is parsed when it is converted, [`WireEvent`]).
+///
+/// Bytes that are not a `RecordRequest` still make one, holding why
+/// ([`Self::malformed`]): the service answers it `INVALID_ARGUMENT` naming the byte where
+/// it broke, where a decoding error would have been `INTERNAL` (tonic's code for a
+/// message the server cannot decode).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WireRecordRequest {
     raw: Bytes,
     /// Each event's encoded `TaskEvent`: its range in `raw`.
     events: Vec<Range<usize>>,
+    /// Why `raw` is not a `RecordRequest`, if it is not; `events` is then empty.
+    malformed: Option<String>,
 }
 
 impl WireRecordRequest {
@@ -52,22 +59,36 @@ impl WireRecordRequest {
     /// skipped, as prost skips unknown fields.
     ///
     /// # Errors
-    /// When the request is not a protobuf message, or `events` is not length-delimited.
-    pub fn index(raw: Bytes) -> Result<Self, DecodeError> {
+    /// When the request is not a protobuf message, or `events` is not length-delimited:
+    /// prost's error, and the offset of the field where it broke.
+    pub fn index(raw: Bytes) -> Result<Self, (DecodeError, usize)> {
         let mut events = Vec::new();
         let mut rest: &[u8] = &raw;
         while !rest.is_empty() {
-            let (tag, wire_type) = decode_key(&mut rest)?;
-            if tag == EVENTS {
-                check_wire_type(WireType::LengthDelimited, wire_type)?;
-                let value = length_delimited(tag, &mut rest)?;
-                let start = raw.len() - rest.len() - value.len();
-                events.push(start..start + value.len());
-            } else {
-                skip_field(wire_type, tag, &mut rest, DecodeContext::default())?;
-            }
+            let at = raw.len() - rest.len();
+            let field = decode_key(&mut rest).and_then(|(tag, wire_type)| {
+                if tag == EVENTS {
+                    check_wire_type(WireType::LengthDelimited, wire_type)?;
+                    let value = length_delimited(tag, &mut rest)?;
+                    let start = raw.len() - rest.len() - value.len();
+                    events.push(start..start + value.len());
+                    Ok(())
+                } else {
+                    skip_field(wire_type, tag, &mut rest, DecodeContext::default())
+                }
+            });
+            field.map_err(|e| (e, at))?;
         }
-        Ok(WireRecordRequest { raw, events })
+        Ok(WireRecordRequest {
+            raw,
+            events,
+            malformed: None,
+        })
+    }
+
+    /// Why the request's bytes are not a `RecordRequest` (`None`: they are).
+    pub fn malformed(&self) -> Option<&str> {
+        self.malformed.as_deref()
     }
 
     /// A request of these events, encoded as a client encodes a `RecordRequest`.
@@ -76,7 +97,7 @@ impl WireRecordRequest {
         for e in events {
             prost::encoding::message::encode(EVENTS, e, &mut raw);
         }
-        Self::index(raw.freeze()).expect("an encoded request indexes")
+        Self::index(raw.freeze()).unwrap_or_else(|(e, at)| panic!("an encoded request indexes, not {e} at byte {at}"))
     }
 
     /// How many events the request holds.
@@ -140,7 +161,9 @@ impl prost::Message for WireRecordRequest {
         *self = WireRecordRequest::default();
     }
 
-    /// Takes `buf` whole (tonic's buffer hands over its bytes without a copy).
+    /// Takes `buf` whole (tonic's buffer hands over its bytes without a copy). Never
+    /// fails: bytes that are not a `RecordRequest` are kept with the reason
+    /// ([`WireRecordRequest::malformed`]).
     fn merge(&mut self, mut buf: impl Buf) -> Result<(), DecodeError> {
         let more = buf.copy_to_bytes(buf.remaining());
         let raw = if self.raw.is_empty() {
@@ -151,7 +174,13 @@ impl prost::Message for WireRecordRequest {
             both.put_slice(&more);
             both.freeze()
         };
-        *self = WireRecordRequest::index(raw)?;
+        *self = WireRecordRequest::index(raw.clone()).unwrap_or_else(|(e, at)| WireRecordRequest {
+            raw,
+            events: Vec::new(),
+            malformed: Some(format!(
+                "the request is not a RecordRequest as protobuf encodes it: the field at byte {at} is broken ({e})"
+            )),
+        });
         Ok(())
     }
 }
@@ -537,9 +566,10 @@ mod tests {
                 #[prost(bytes = "vec", repeated, tag = "1")]
                 events: Vec<Vec<u8>>,
             }
-            let ours = WireRecordRequest::decode(raw.as_slice());
-            match (&ours, Events::decode(raw.as_slice())) {
-                (Ok(w), Ok(p)) => {
+            let ours = WireRecordRequest::decode(raw.as_slice()).expect("decoding a request never fails");
+            match (ours.malformed(), Events::decode(raw.as_slice())) {
+                (None, Ok(p)) => {
+                    let w = &ours;
                     prop_assert_eq!(w.events().map(<[u8]>::to_vec).collect::<Vec<_>>(), p.events);
                     let mut twice = w.clone();
                     twice.merge(raw.as_slice()).unwrap();
@@ -554,10 +584,34 @@ mod tests {
                     }
                     prop_assert_eq!(field_by_field.events().collect::<Vec<_>>(), w.events().collect::<Vec<_>>());
                 }
-                (Err(_), Err(_)) => {}
+                (Some(reason), Err(_)) => {
+                    prop_assert!(ours.is_empty());
+                    prop_assert!(reason.starts_with("the request is not a RecordRequest as protobuf encodes it: the field at byte "), "{}", reason);
+                }
                 (a, b) => prop_assert!(false, "index {:?}, prost {:?}", a, b),
             }
         }
+    }
+
+    #[test]
+    fn a_request_that_is_not_a_record_request_says_at_which_byte_it_broke() {
+        let mut raw = Vec::new();
+        prost::encoding::bytes::encode(EVENTS, &b"\x12\x01a".to_vec(), &mut raw);
+        let broken_at = raw.len();
+        // An `events` entry whose length runs past the end of the request.
+        raw.extend_from_slice(b"\x0a\x40ab");
+        let request = WireRecordRequest::decode(raw.as_slice()).expect("decoding a request never fails");
+        assert!(request.is_empty());
+        let reason = request.malformed().expect("it is malformed");
+        assert!(
+            reason.starts_with(&format!(
+                "the request is not a RecordRequest as protobuf encodes it: the field at byte {broken_at} is broken ("
+            )),
+            "{reason}"
+        );
+        // The first field alone is a request of one event.
+        let whole = WireRecordRequest::decode(&raw[..broken_at]).unwrap();
+        assert_eq!((whole.malformed(), whole.len()), (None, 1));
     }
 
     #[test]

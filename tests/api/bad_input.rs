@@ -393,8 +393,62 @@ async fn text_that_is_not_utf8_rejects_its_event_only(backend: Backend) {
     .expect("test finished in time");
 }
 
+/// Bytes that are not a RecordRequest at all (here: a good event, then an `events`
+/// entry whose length runs past the end) are `INVALID_ARGUMENT` on `events`, naming the
+/// byte where they broke, and nothing of them is applied.
+async fn a_request_that_is_not_a_record_request_is_invalid_argument(backend: Backend) {
+    use prost::Message as _;
+
+    tokio::time::timeout(BOUND, async {
+        let app = spawn_app(backend).await;
+        let t = now() - MINUTE;
+        let good = completed("framing", "a", t, SEC, pb::Outcome::Succeeded, &[]);
+        let mut request = pb::RecordRequest { events: vec![good] }.encode_to_vec();
+        let broken_at = request.len();
+        request.extend_from_slice(b"\x0a\x40ab");
+        let mut grpc = tonic::client::Grpc::new(app.channel.clone());
+        grpc.ready().await.expect("the channel is ready");
+        let status = grpc
+            .unary::<_, pb::RecordResponse, _>(
+                tonic::Request::new(request),
+                tonic::codegen::http::uri::PathAndQuery::from_static("/tasktime.v1.IngestService/Record"),
+                tasktime::bench::EncodedCodec,
+            )
+            .await
+            .expect_err("bytes that are not a RecordRequest are refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        let bad_request = status
+            .get_details_bad_request()
+            .expect("google.rpc.BadRequest attached");
+        let violations: Vec<(&str, &str)> = bad_request
+            .field_violations
+            .iter()
+            .map(|v| (v.field.as_str(), v.description.as_str()))
+            .collect();
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert_eq!(violations[0].0, "events");
+        assert!(
+            violations[0].1.starts_with(&format!(
+                "the request is not a RecordRequest as protobuf encodes it: the field at byte {broken_at} is broken"
+            )),
+            "{violations:?}"
+        );
+        let mut query = app.query.clone();
+        let s = stats(
+            &mut query,
+            stats_request("framing", floor_minute(t) - MINUTE, floor_minute(now()) + 2 * MINUTE),
+        )
+        .await;
+        assert_eq!(s.count, 0, "nothing of it is applied: {s:?}");
+        app.stop().await;
+    })
+    .await
+    .expect("test finished in time");
+}
+
 crate::both_stores!(
     text_that_is_not_utf8_rejects_its_event_only,
+    a_request_that_is_not_a_record_request_is_invalid_argument,
     a_mixed_batch_applies_the_valid_events_and_names_each_bad_one,
     a_request_over_the_event_limit_is_invalid_argument_on_events,
     a_bad_stats_request_lists_every_violation,
