@@ -20,9 +20,13 @@
 //! Nothing outside the server sees these types: clients, reflection and the docs use
 //! [`crate::pb`].
 
-#![allow(missing_docs, unreachable_pub, missing_debug_implementations, clippy::all)]
+pub use generated::*;
 
-include!(concat!(env!("OUT_DIR"), "/wire/tasktime.v1.rs"));
+/// The code prost generates from `proto-server/ingest_wire.proto`.
+#[allow(missing_docs, unreachable_pub, missing_debug_implementations, clippy::all)]
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/wire/tasktime.v1.rs"));
+}
 
 use std::ops::Range;
 
@@ -527,7 +531,7 @@ mod tests {
                     })
                     .collect();
                 prop_assert_eq!(&labels, &p.labels);
-                let kind = w.kind.clone().map(|k| match k {
+                let kind = w.kind.map(|k| match k {
                     wire_task_event::Kind::Start(s) => pb::task_event::Kind::Start(s),
                     wire_task_event::Kind::Finish(f) => pb::task_event::Kind::Finish(f),
                     wire_task_event::Kind::Completed(c) => pb::task_event::Kind::Completed(c),
