@@ -130,6 +130,9 @@ impl IngestApi {
                 }),
             }
         }
+        // The converted events own what they keep: the request's bytes go now, not after
+        // the commit.
+        drop(request);
         let wait = answer_by.map_or(self.commit_timeout, |by| {
             by.saturating_duration_since(started).min(self.commit_timeout)
         });
