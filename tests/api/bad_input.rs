@@ -10,7 +10,7 @@ use tonic::Code;
 use tonic_types::StatusExt as _;
 
 use crate::helpers::{
-    Backend, SEC, completed, finish, labels, now, record, spawn_app, start, stats, stats_request, ts,
+    Backend, SEC, TestApp, completed, finish, labels, now, record, spawn_app, start, stats, stats_request, ts,
 };
 
 const BOUND: Duration = Duration::from_secs(60);
@@ -285,6 +285,31 @@ async fn a_bad_stats_request_lists_every_violation(backend: Backend) {
     .expect("test finished in time");
 }
 
+/// Sends `request`'s bytes as they are to `Record` (the public client cannot encode bytes
+/// that are not a valid request).
+async fn record_raw(app: &TestApp, request: Vec<u8>) -> Result<pb::RecordResponse, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(app.channel.clone());
+    grpc.ready().await.expect("the channel is ready");
+    grpc.unary(
+        tonic::Request::new(request),
+        tonic::codegen::http::uri::PathAndQuery::from_static("/tasktime.v1.IngestService/Record"),
+        tasktime::bench::EncodedCodec,
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+/// How many instances of `task` finished from a minute before `t` until now.
+async fn finished_since(app: &TestApp, task: &str, t: i64) -> u64 {
+    let mut query = app.query.clone();
+    stats(
+        &mut query,
+        stats_request(task, floor_minute(t) - MINUTE, floor_minute(now()) + 2 * MINUTE),
+    )
+    .await
+    .count
+}
+
 /// Text fields that are not UTF-8 (which a client in a language without checked strings
 /// can send) reject their event, naming the field, and the rest of the batch is applied:
 /// the server decodes them as bytes and checks each one itself. So does a label entry
@@ -343,18 +368,9 @@ async fn text_that_is_not_utf8_rejects_its_event_only(backend: Backend) {
                 .collect::<Vec<u8>>(),
             &mut request,
         );
-        // The public client cannot encode such strings: a raw gRPC call with the bytes.
-        let mut grpc = tonic::client::Grpc::new(app.channel.clone());
-        grpc.ready().await.expect("the channel is ready");
-        let response: pb::RecordResponse = grpc
-            .unary(
-                tonic::Request::new(request),
-                tonic::codegen::http::uri::PathAndQuery::from_static("/tasktime.v1.IngestService/Record"),
-                tasktime::bench::EncodedCodec,
-            )
+        let response = record_raw(&app, request)
             .await
-            .expect("a batch with bad events is a partial success")
-            .into_inner();
+            .expect("a batch with bad events is a partial success");
         assert_eq!(response.accepted, 2, "{response:?}");
         let reasons: Vec<(u32, &str)> = response.rejected.iter().map(|e| (e.index, e.reason.as_str())).collect();
         assert_eq!(reasons.len(), 4, "{reasons:?}");
@@ -380,13 +396,7 @@ async fn text_that_is_not_utf8_rejects_its_event_only(backend: Backend) {
                 .starts_with("events[5] is not a TaskEvent message as protobuf encodes it"),
             "{reasons:?}"
         );
-        let mut query = app.query.clone();
-        let s = stats(
-            &mut query,
-            stats_request("utf8", floor_minute(t) - MINUTE, floor_minute(now()) + 2 * MINUTE),
-        )
-        .await;
-        assert_eq!(s.count, 2, "{s:?}");
+        assert_eq!(finished_since(&app, "utf8", t).await, 2);
         app.stop().await;
     })
     .await
@@ -406,14 +416,7 @@ async fn a_request_that_is_not_a_record_request_is_invalid_argument(backend: Bac
         let mut request = pb::RecordRequest { events: vec![good] }.encode_to_vec();
         let broken_at = request.len();
         request.extend_from_slice(b"\x0a\x40ab");
-        let mut grpc = tonic::client::Grpc::new(app.channel.clone());
-        grpc.ready().await.expect("the channel is ready");
-        let status = grpc
-            .unary::<_, pb::RecordResponse, _>(
-                tonic::Request::new(request),
-                tonic::codegen::http::uri::PathAndQuery::from_static("/tasktime.v1.IngestService/Record"),
-                tasktime::bench::EncodedCodec,
-            )
+        let status = record_raw(&app, request)
             .await
             .expect_err("bytes that are not a RecordRequest are refused");
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
@@ -433,13 +436,7 @@ async fn a_request_that_is_not_a_record_request_is_invalid_argument(backend: Bac
             )),
             "{violations:?}"
         );
-        let mut query = app.query.clone();
-        let s = stats(
-            &mut query,
-            stats_request("framing", floor_minute(t) - MINUTE, floor_minute(now()) + 2 * MINUTE),
-        )
-        .await;
-        assert_eq!(s.count, 0, "nothing of it is applied: {s:?}");
+        assert_eq!(finished_since(&app, "framing", t).await, 0, "nothing of it is applied");
         app.stop().await;
     })
     .await
