@@ -121,14 +121,22 @@ impl WireRecordRequest {
 }
 
 /// A length-delimited field's value, after its key: the slice `rest` starts with,
-/// which it then no longer holds. Errors as prost's when the length runs past the end.
+/// which it then no longer holds. Its length is read once; one that runs past the end
+/// gets prost's error for it (from `skip_field`, which checks the same).
 fn length_delimited<'a>(tag: u32, rest: &mut &'a [u8]) -> Result<&'a [u8], DecodeError> {
     let mut after = *rest;
-    skip_field(WireType::LengthDelimited, tag, &mut after, DecodeContext::default())?;
-    let len = usize::try_from(decode_varint(rest)?).expect("skip_field checked it is within the slice");
-    let (value, tail) = rest.split_at(len);
-    *rest = tail;
-    Ok(value)
+    let len = decode_varint(&mut after)?;
+    match usize::try_from(len).ok().filter(|&len| len <= after.len()) {
+        Some(len) => {
+            let (value, tail) = after.split_at(len);
+            *rest = tail;
+            Ok(value)
+        }
+        None => Err(
+            skip_field(WireType::LengthDelimited, tag, rest, DecodeContext::default())
+                .expect_err("skip_field refuses a length past the end, as checked here"),
+        ),
+    }
 }
 
 /// The request is its bytes: encoding writes them back, and merging (protobuf's merge is
