@@ -569,8 +569,8 @@ pub fn plan_task<'a>(
     // with one hash of its id per event (a lookup, then an insert, then a lookup in `read`
     // at the end hashed the id three times: 5 % of the service's CPU under a stream of
     // completed events). The map holds only each id's position in `touched_all`: with the
-    // whole `Touched` in its slots (88 bytes each) its inserts were cache misses, 9 % of
-    // the service's CPU in that stream.
+    // whole `Touched` in its slots (88 bytes each) its inserts missed the cache, and
+    // `plan_task` was 9-10 % of the service's samples in that stream (5 % after).
     let mut position: FxHashMap<&'a str, usize> =
         FxHashMap::with_capacity_and_hasher(events.len(), rustc_hash::FxBuildHasher);
     let mut touched_all: Vec<(&'a str, Touched)> = Vec::with_capacity(events.len());
