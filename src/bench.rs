@@ -7,6 +7,8 @@
 //! that stalls is charged for every request the stall delayed (no coordinated omission).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -80,6 +82,8 @@ pub struct BenchConfig {
     /// just now), so a 30-day query can read a month of real buckets.
     pub preload_span: Duration,
     pub seed: u64,
+    /// Print a progress line to stderr this often (`None`: never).
+    pub progress: Option<Duration>,
 }
 
 impl Default for BenchConfig {
@@ -101,6 +105,7 @@ impl Default for BenchConfig {
             preload: 20_000,
             preload_span: Duration::ZERO,
             seed: 1,
+            progress: None,
         }
     }
 }
@@ -112,6 +117,51 @@ pub struct Latency {
     pub p99: u64,
     pub p999: u64,
     pub max: u64,
+}
+
+/// How many counted requests failed one way, and the first one's message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErrorCount {
+    pub status: String,
+    pub count: u64,
+    pub example: String,
+}
+
+/// What failed a request: a gRPC status, or a stream that ended before answering it.
+#[derive(Debug, Clone)]
+enum Failure {
+    Status(tonic::Status),
+    NoAnswer,
+}
+
+impl Failure {
+    /// The status code as gRPC spells it (`DEADLINE_EXCEEDED`), or `NO_ANSWER`.
+    fn name(&self) -> String {
+        match self {
+            Failure::Status(s) => code_name(s.code()),
+            Failure::NoAnswer => "NO_ANSWER".to_owned(),
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Failure::Status(s) if s.message().is_empty() => s.code().description().to_owned(),
+            Failure::Status(s) => s.message().to_owned(),
+            Failure::NoAnswer => "the stream ended before this request was answered".to_owned(),
+        }
+    }
+}
+
+/// A gRPC status code's canonical name: `Code::DeadlineExceeded` → `DEADLINE_EXCEEDED`.
+fn code_name(code: tonic::Code) -> String {
+    let mut out = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
 }
 
 /// The one summary object `--json` prints.
@@ -131,6 +181,10 @@ pub struct Summary {
     pub warmup_events_acked: u64,
     pub requests: u64,
     pub errors: u64,
+    /// The counted errors by what failed them, most frequent first: a gRPC status code
+    /// (`UNAVAILABLE`, `INVALID_ARGUMENT`, ...) or `NO_ANSWER` (a stream request the
+    /// stream ended without answering), each with the first such error's message.
+    pub errors_by_status: Vec<ErrorCount>,
     pub events_sent: u64,
     pub events_acked: u64,
     pub duration_s: f64,
@@ -455,31 +509,50 @@ struct Tally {
     send_lag: Histogram<u64>,
     requests: u64,
     errors: u64,
+    /// Counted errors by [`Failure::name`]: how many, and the first one's message.
+    failures: std::collections::BTreeMap<String, (u64, String)>,
     events_sent: u64,
     events_acked: u64,
     warmup_requests: u64,
     warmup_events_acked: u64,
+    /// What the progress lines read while the run goes on (warm-up included).
+    live: Arc<Live>,
+}
+
+/// Counters every worker adds to as answers arrive, read by the progress lines.
+#[derive(Debug, Default)]
+struct Live {
+    requests: AtomicU64,
+    events_acked: AtomicU64,
+    errors: AtomicU64,
 }
 
 impl Tally {
-    fn new(from: Instant) -> Self {
+    fn new(from: Instant, live: Arc<Live>) -> Self {
         Tally {
             from,
             latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
             send_lag: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
             requests: 0,
             errors: 0,
+            failures: std::collections::BTreeMap::new(),
             events_sent: 0,
             events_acked: 0,
             warmup_requests: 0,
             warmup_events_acked: 0,
+            live,
         }
     }
 
     /// Counts one answered request of `n` events sent at `sent_at` (its intended send
-    /// time, open loop): `Ok(events acknowledged)` or `Err(())` when it failed. A
-    /// request of the warm-up is not counted.
-    fn answered(&mut self, sent_at: Instant, n: u64, acked: Result<u64, ()>) {
+    /// time, open loop): `Ok(events acknowledged)` or what failed it. A request of the
+    /// warm-up is not counted (the progress lines count it).
+    fn answered(&mut self, sent_at: Instant, n: u64, acked: Result<u64, Failure>) {
+        self.live.requests.fetch_add(1, Ordering::Relaxed);
+        match &acked {
+            Ok(acked) => self.live.events_acked.fetch_add(*acked, Ordering::Relaxed),
+            Err(_) => self.live.errors.fetch_add(1, Ordering::Relaxed),
+        };
         if sent_at < self.from {
             self.warmup_requests += 1;
             self.warmup_events_acked += acked.unwrap_or(0);
@@ -490,8 +563,32 @@ impl Tally {
         self.record(sent_at);
         match acked {
             Ok(acked) => self.events_acked += acked,
-            Err(()) => self.errors += 1,
+            Err(failure) => self.failed(&failure),
         }
+    }
+
+    /// Counts a counted request that failed.
+    fn failed(&mut self, failure: &Failure) {
+        self.errors += 1;
+        self.failures
+            .entry(failure.name())
+            .or_insert_with(|| (0, failure.message()))
+            .0 += 1;
+    }
+
+    /// The counted errors by status, most frequent first (then by name).
+    fn errors_by_status(&self) -> Vec<ErrorCount> {
+        let mut out: Vec<ErrorCount> = self
+            .failures
+            .iter()
+            .map(|(status, (count, example))| ErrorCount {
+                status: status.clone(),
+                count: *count,
+                example: example.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.status.cmp(&b.status)));
+        out
     }
 
     fn merge(&mut self, other: &Tally) {
@@ -499,6 +596,12 @@ impl Tally {
         let _ = self.send_lag.add(&other.send_lag);
         self.requests += other.requests;
         self.errors += other.errors;
+        for (status, (count, example)) in &other.failures {
+            self.failures
+                .entry(status.clone())
+                .or_insert_with(|| (0, example.clone()))
+                .0 += count;
+        }
         self.events_sent += other.events_sent;
         self.events_acked += other.events_acked;
         self.warmup_requests += other.warmup_requests;
@@ -521,12 +624,15 @@ impl Tally {
 }
 
 async fn channel(server: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(server.to_owned())?
+    let endpoint = Endpoint::from_shared(server.to_owned())
+        .with_context(|| format!("--server `{server}` is not a URL like http://127.0.0.1:50051"))?;
+    endpoint
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(16 << 20))
         .connect()
-        .await?)
+        .await
+        .with_context(|| format!("cannot connect to {server} (is `tasktime serve` listening there?)"))
 }
 
 /// Runs a bench and returns its summary.
@@ -552,16 +658,26 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let measured_from = started + config.warmup;
     let deadline = measured_from + config.duration;
+    let live = Arc::new(Live::default());
     let mut workers = Vec::new();
     for (w, ch) in channels.into_iter().enumerate() {
         let config = config.clone();
+        let live = Arc::clone(&live);
         workers.push(tokio::spawn(async move {
-            worker(&config, w, run_id, ch, started, deadline).await
+            worker(&config, w, run_id, ch, started, deadline, live).await
         }));
     }
-    let mut total = Tally::new(measured_from);
+    let progress = config.progress.filter(|every| !every.is_zero()).map(|every| {
+        let live = Arc::clone(&live);
+        let ingest = !matches!(config.mode, Mode::Query | Mode::Gate);
+        tokio::spawn(report_progress(live, ingest, started, measured_from, deadline, every))
+    });
+    let mut total = Tally::new(measured_from, live);
     for w in workers {
         total.merge(&w.await??);
+    }
+    if let Some(progress) = progress {
+        progress.abort();
     }
     let elapsed = measured_from.elapsed().as_secs_f64();
     let summary = |h: &Histogram<u64>| Latency {
@@ -582,6 +698,7 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<Summary> {
         warmup_events_acked: total.warmup_events_acked,
         requests: total.requests,
         errors: total.errors,
+        errors_by_status: total.errors_by_status(),
         events_sent: total.events_sent,
         events_acked: total.events_acked,
         duration_s: elapsed,
@@ -590,6 +707,43 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<Summary> {
         latency_us: summary(&total.latency),
         send_lag_us: config.rate.map(|_| summary(&total.send_lag)),
     })
+}
+
+/// Prints a line to stderr every `every` until `deadline`: how long the run has gone, and
+/// what was answered so far and over the last interval (the summary follows at the end).
+async fn report_progress(
+    live: Arc<Live>,
+    ingest: bool,
+    started: Instant,
+    measured_from: Instant,
+    deadline: Instant,
+    every: Duration,
+) {
+    let mut ticker = tokio::time::interval_at((started + every).into(), every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let (mut last_at, mut last_count) = (started, 0);
+    loop {
+        let now = ticker.tick().await.into_std();
+        if now + every / 2 >= deadline {
+            return;
+        }
+        let requests = live.requests.load(Ordering::Relaxed);
+        let errors = live.errors.load(Ordering::Relaxed);
+        let (count, unit) = if ingest {
+            (live.events_acked.load(Ordering::Relaxed), "events acked")
+        } else {
+            (requests, "requests answered")
+        };
+        let secs = now.saturating_duration_since(last_at).as_secs_f64().max(1e-3);
+        let rate = (count - last_count) as f64 / secs;
+        let phase = if now < measured_from { " (warm-up)" } else { "" };
+        eprintln!(
+            "bench: {:.0} s of {:.0} s{phase}: {count} {unit}, {rate:.0}/s over the last {secs:.0} s; {requests} requests, {errors} failed",
+            now.saturating_duration_since(started).as_secs_f64(),
+            deadline.saturating_duration_since(started).as_secs_f64(),
+        );
+        (last_at, last_count) = (now, count);
+    }
 }
 
 fn effective_batch(config: &BenchConfig) -> usize {
@@ -637,6 +791,15 @@ async fn preload(config: &BenchConfig, run: u64) -> anyhow::Result<()> {
         left -= n;
     }
     Ok(())
+}
+
+/// A worker's schedule: when the run started, when the measured part ends, and (open
+/// loop) how many requests per second the worker sends.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    started: Instant,
+    deadline: Instant,
+    per_worker: Option<f64>,
 }
 
 /// The intended send time of request `k` of a worker sending `per_worker` per second.
@@ -715,6 +878,7 @@ async fn worker(
     channel: Channel,
     started: Instant,
     deadline: Instant,
+    live: Arc<Live>,
 ) -> anyhow::Result<Tally> {
     let batch = effective_batch(config).max(1);
     // Requests per second this worker sends when open loop.
@@ -726,9 +890,14 @@ async fn worker(
                 1.0
             }
     });
+    let clock = Clock {
+        started,
+        deadline,
+        per_worker,
+    };
     match config.mode {
-        Mode::Stream => stream_worker(config, w, run, channel, started, deadline, per_worker).await,
-        _ => unary_worker(config, w, run, channel, started, deadline, per_worker).await,
+        Mode::Stream => stream_worker(config, w, run, channel, clock, live).await,
+        _ => unary_worker(config, w, run, channel, clock, live).await,
     }
 }
 
@@ -737,11 +906,15 @@ async fn unary_worker(
     w: usize,
     run: u64,
     channel: Channel,
-    started: Instant,
-    deadline: Instant,
-    per_worker: Option<f64>,
+    clock: Clock,
+    live: Arc<Live>,
 ) -> anyhow::Result<Tally> {
-    let mut tally = Tally::new(deadline - config.duration);
+    let Clock {
+        started,
+        deadline,
+        per_worker,
+    } = clock;
+    let mut tally = Tally::new(deadline - config.duration, live);
     let mut generator = Generator::new(config, w, run);
     let ingest = tonic::client::Grpc::new(channel.clone());
     let query = QueryServiceClient::new(channel.clone());
@@ -826,7 +999,7 @@ async fn unary_worker(
         };
         tokio::select! {
             Some((sent_at, n, result)) = in_flight.next(), if !in_flight.is_empty() => {
-                tally.answered(sent_at, n, result.map_err(|_| ()));
+                tally.answered(sent_at, n, result.map_err(Failure::Status));
             }
             woke = async {
                 match (wake, pacer.as_mut()) {
@@ -855,30 +1028,80 @@ async fn stream_worker(
     w: usize,
     run: u64,
     channel: Channel,
-    started: Instant,
-    deadline: Instant,
-    per_worker: Option<f64>,
+    clock: Clock,
+    live: Arc<Live>,
 ) -> anyhow::Result<Tally> {
-    let mut tally = Tally::new(deadline - config.duration);
+    let deadline = clock.deadline;
+    let mut tally = Tally::new(deadline - config.duration, live);
     let mut generator = Generator::new(config, w, run);
     let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.context("the ingest connection is not ready")?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(config.concurrency);
-    let mut responses = grpc
-        .streaming(
-            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
-            tonic::codegen::http::uri::PathAndQuery::from_static(RECORD_STREAM_PATH),
-            EncodedCodec,
-        )
-        .await?
-        .into_inner();
+    // Requests sent so far: the open loop's schedule goes on across streams.
+    let mut k: u64 = 0;
+    // A stream that fails is counted and replaced (after a pause that grows while streams
+    // keep failing at once, up to 1 s), as a client would, until the deadline.
+    let mut pause = Duration::from_millis(50);
+    while Instant::now() < deadline {
+        let acked = tally.events_acked + tally.warmup_events_acked;
+        let broken = one_stream(config, &mut grpc, &mut generator, &mut tally, &mut k, clock).await;
+        if !broken {
+            break;
+        }
+        pause = if tally.events_acked + tally.warmup_events_acked > acked {
+            Duration::from_millis(50)
+        } else {
+            (pause * 2).min(Duration::from_secs(1))
+        };
+        tokio::time::sleep_until(deadline.min(Instant::now() + pause).into()).await;
+    }
+    Ok(tally)
+}
+
+/// Sends one RecordStream until the deadline (then half-closes it and takes the
+/// answers) or until it fails; true when it failed.
+async fn one_stream(
+    config: &BenchConfig,
+    grpc: &mut tonic::client::Grpc<Channel>,
+    generator: &mut Generator,
+    tally: &mut Tally,
+    k: &mut u64,
+    clock: Clock,
+) -> bool {
+    let Clock {
+        started,
+        deadline,
+        per_worker,
+    } = clock;
+    let opened = async {
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("the connection failed: {e}")))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(config.concurrency);
+        let responses = grpc
+            .streaming(
+                tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+                tonic::codegen::http::uri::PathAndQuery::from_static(RECORD_STREAM_PATH),
+                EncodedCodec,
+            )
+            .await?
+            .into_inner();
+        Ok::<_, tonic::Status>((tx, responses))
+    }
+    .await;
+    let (tx, mut responses) = match opened {
+        Ok(opened) => opened,
+        Err(status) => {
+            // No request went out: counted as one failed request of no events.
+            tally.answered(Instant::now(), 0, Err(Failure::Status(status)));
+            return true;
+        }
+    };
     // Send times and sizes of the requests awaiting their (in-order) responses.
     let mut pending: VecDeque<(Instant, u64)> = VecDeque::new();
-    let mut k: u64 = 0;
     let mut tx = Some(tx);
+    let mut broken = false;
     loop {
         let now = Instant::now();
-        let next_due = per_worker.map(|r| intended(started, k, r));
+        let next_due = per_worker.map(|r| intended(started, *k, r));
         if now >= deadline {
             tx = None; // half-close: the server answers what it has, then ends the stream
         }
@@ -887,14 +1110,17 @@ async fn stream_worker(
             let mut request = Vec::new();
             let n = generator.encode_batch(config.batch_size, &mut request) as u64;
             let sender = tx.as_ref().expect("checked above");
-            if sender.send(request).await.is_err() {
-                break;
-            }
             if let Some(due) = next_due {
                 tally.sent_late(due, now);
             }
+            *k += 1;
+            if sender.send(request).await.is_err() {
+                // The stream is gone: its answers say why.
+                tally.answered(next_due.unwrap_or(now), n, Err(Failure::NoAnswer));
+                tx = None;
+                continue;
+            }
             pending.push_back((next_due.unwrap_or(now), n));
-            k += 1;
             continue;
         }
         if tx.is_none() && pending.is_empty() {
@@ -910,9 +1136,15 @@ async fn stream_worker(
                     let (sent_at, n) = pending.pop_front().unwrap_or((now, 0));
                     tally.answered(sent_at, n, Ok(u64::from(r.accepted + r.duplicates)));
                 }
-                Ok(None) => break,
-                Err(_) => {
-                    tally.errors += 1;
+                Ok(None) => {
+                    broken = !pending.is_empty() || tx.is_some();
+                    break;
+                }
+                Err(status) => {
+                    // The stream is over: this answers the oldest request in flight.
+                    let (sent_at, n) = pending.pop_front().unwrap_or((now, 0));
+                    tally.answered(sent_at, n, Err(Failure::Status(status)));
+                    broken = true;
                     break;
                 }
             },
@@ -921,13 +1153,9 @@ async fn stream_worker(
     }
     // Requests that never got a response count as sent and failed.
     for (sent_at, n) in pending {
-        if sent_at >= tally.from {
-            tally.requests += 1;
-            tally.errors += 1;
-            tally.events_sent += n;
-        }
+        tally.answered(sent_at, n, Err(Failure::NoAnswer));
     }
-    Ok(tally)
+    broken
 }
 
 #[cfg(test)]
@@ -964,27 +1192,95 @@ mod tests {
         assert!(Instant::now() >= later);
     }
 
+    fn unavailable(message: &str) -> Failure {
+        Failure::Status(tonic::Status::unavailable(message))
+    }
+
     #[test]
     fn requests_of_the_warmup_are_not_counted() {
         let from = Instant::now();
-        let mut t = Tally::new(from);
+        let live = Arc::new(Live::default());
+        let mut t = Tally::new(from, Arc::clone(&live));
         let before = from
             .checked_sub(Duration::from_millis(1))
             .expect("a monotonic clock this old");
         t.answered(before, 1000, Ok(1000));
-        t.answered(before, 1000, Err(()));
+        t.answered(before, 1000, Err(unavailable("warming")));
         assert_eq!((t.requests, t.errors, t.events_sent, t.latency.len()), (0, 0, 0, 0));
+        assert!(t.errors_by_status().is_empty(), "a warm-up error is not counted");
         assert_eq!((t.warmup_requests, t.warmup_events_acked), (2, 1000));
         t.answered(from, 1000, Ok(990));
-        t.answered(from + Duration::from_millis(5), 10, Err(()));
+        t.answered(from + Duration::from_millis(5), 10, Err(unavailable("queue full")));
         assert_eq!((t.requests, t.errors, t.events_sent, t.events_acked), (2, 1, 1010, 990));
         assert_eq!(t.latency.len(), 2);
+        // The progress lines count everything answered, the warm-up too.
+        assert_eq!(
+            (
+                live.requests.load(Ordering::Relaxed),
+                live.events_acked.load(Ordering::Relaxed),
+                live.errors.load(Ordering::Relaxed)
+            ),
+            (4, 1990, 2)
+        );
+    }
+
+    #[test]
+    fn errors_are_counted_by_status_with_the_first_message_of_each() {
+        let from = Instant::now();
+        let live = Arc::new(Live::default());
+        let mut a = Tally::new(from, Arc::clone(&live));
+        a.answered(from, 10, Err(unavailable("the ingest queue is full")));
+        a.answered(from, 10, Err(unavailable("a later message")));
+        a.answered(
+            from,
+            10,
+            Err(Failure::Status(tonic::Status::invalid_argument(
+                "events[3].task is empty",
+            ))),
+        );
+        let mut b = Tally::new(from, live);
+        b.answered(from, 10, Err(unavailable("b's message")));
+        b.failed(&Failure::NoAnswer);
+        b.answered(from, 10, Err(Failure::Status(tonic::Status::deadline_exceeded(""))));
+        a.merge(&b);
+        let by: Vec<(String, u64, String)> = a
+            .errors_by_status()
+            .into_iter()
+            .map(|e| (e.status, e.count, e.example))
+            .collect();
+        assert_eq!(
+            by,
+            [
+                ("UNAVAILABLE".to_owned(), 3, "the ingest queue is full".to_owned()),
+                (
+                    "DEADLINE_EXCEEDED".to_owned(),
+                    1,
+                    tonic::Code::DeadlineExceeded.description().to_owned()
+                ),
+                ("INVALID_ARGUMENT".to_owned(), 1, "events[3].task is empty".to_owned()),
+                (
+                    "NO_ANSWER".to_owned(),
+                    1,
+                    "the stream ended before this request was answered".to_owned()
+                ),
+            ]
+        );
+        assert_eq!(a.errors, 6);
+    }
+
+    #[test]
+    fn status_codes_are_named_as_grpc_names_them() {
+        assert_eq!(code_name(tonic::Code::Ok), "OK");
+        assert_eq!(code_name(tonic::Code::Unavailable), "UNAVAILABLE");
+        assert_eq!(code_name(tonic::Code::DeadlineExceeded), "DEADLINE_EXCEEDED");
+        assert_eq!(code_name(tonic::Code::FailedPrecondition), "FAILED_PRECONDITION");
+        assert_eq!(code_name(tonic::Code::ResourceExhausted), "RESOURCE_EXHAUSTED");
     }
 
     #[test]
     fn a_late_send_is_counted_with_its_lag_and_the_warmups_are_not() {
         let from = Instant::now();
-        let mut t = Tally::new(from);
+        let mut t = Tally::new(from, Arc::default());
         let before = from
             .checked_sub(Duration::from_millis(1))
             .expect("a monotonic clock this old");

@@ -62,6 +62,9 @@ pub struct BenchArgs {
     /// Random seed of the workload.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Print a progress line to stderr this often while the run goes on (`0s`: never).
+    #[arg(long, default_value = "10s", value_parser = super::parse_duration)]
+    pub progress: Duration,
     /// Print one JSON summary object.
     #[arg(long)]
     pub json: bool,
@@ -89,33 +92,58 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         preload: args.preload,
         preload_span: args.preload_span,
         seed: args.seed,
+        progress: Some(args.progress).filter(|every| !every.is_zero()),
     };
     let summary = bench::run(&config).await?;
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
-        println!(
-            "{:?} {:?}: {} requests ({} errors), {} events acked in {:.1} s = {:.0} events/s, {:.0} requests/s",
-            summary.mode,
-            summary.workload,
-            summary.requests,
-            summary.errors,
-            summary.events_acked,
-            summary.duration_s,
-            summary.events_per_sec,
-            summary.requests_per_sec
-        );
-        let l = &summary.latency_us;
-        println!(
-            "latency per request: p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
-            l.p50, l.p99, l.p999, l.max
-        );
-        if let Some(l) = &summary.send_lag_us {
-            println!(
-                "issued late by the generator: p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
-                l.p50, l.p99, l.p999, l.max
-            );
-        }
+        print!("{}", human(&summary));
     }
     Ok(())
+}
+
+/// The summary as lines to read.
+fn human(summary: &bench::Summary) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let what = if matches!(summary.mode, Mode::Query | Mode::Gate) {
+        cli_name(&summary.mode)
+    } else {
+        format!("{}, {}", cli_name(&summary.mode), cli_name(&summary.workload))
+    };
+    let _ = writeln!(
+        out,
+        "{what}: {} requests ({} failed), {} events acked in {:.1} s = {:.0} events/s, {:.0} requests/s",
+        summary.requests,
+        summary.errors,
+        summary.events_acked,
+        summary.duration_s,
+        summary.events_per_sec,
+        summary.requests_per_sec
+    );
+    for e in &summary.errors_by_status {
+        let _ = writeln!(out, "failed: {} × {}, the first: {}", e.count, e.status, e.example);
+    }
+    let l = &summary.latency_us;
+    let _ = writeln!(
+        out,
+        "latency per request: p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
+        l.p50, l.p99, l.p999, l.max
+    );
+    if let Some(l) = &summary.send_lag_us {
+        let _ = writeln!(
+            out,
+            "issued late by the generator: p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
+            l.p50, l.p99, l.p999, l.max
+        );
+    }
+    out
+}
+
+/// The name a value has on the command line (`--mode stream`).
+fn cli_name<T: clap::ValueEnum>(value: &T) -> String {
+    value
+        .to_possible_value()
+        .map_or_else(String::new, |v| v.get_name().to_owned())
 }

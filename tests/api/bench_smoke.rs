@@ -94,3 +94,118 @@ async fn a_warmup_is_sent_but_not_counted() {
     );
     app.stop().await;
 }
+
+/// `tasktime bench` with `args`, unchecked: its exit status, stdout and stderr.
+fn bench_raw(server: &str, args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tasktime"))
+        .args(["bench", "--server", server])
+        .args(args)
+        .output()
+        .expect("run tasktime bench");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_server_it_cannot_reach_is_named_in_the_error() {
+    let server = format!("http://127.0.0.1:{}", free_port());
+    let (status, stdout, stderr) = bench_raw(&server, &["--duration", "1s"]);
+    assert!(!status.success(), "{stdout}");
+    assert!(
+        stderr.contains(&format!("cannot connect to {server}")),
+        "the error names the server: {stderr}"
+    );
+    let (status, _, stderr) = bench_raw("127.0.0.1 port 50051", &["--duration", "1s"]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("--server `127.0.0.1 port 50051` is not a URL"),
+        "the error names the bad value: {stderr}"
+    );
+}
+
+/// Requests the server refuses are counted by status, each with the first message, in the
+/// summary and in the human lines; a refused stream is replaced, not the end of its
+/// worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_requests_are_counted_by_status_with_the_first_message() {
+    let app = spawn_app(Backend::Memory).await;
+    let server = format!("http://{}", app.addr);
+    // One event more than a request may hold.
+    for mode in ["batch", "stream"] {
+        let (status, stdout, stderr) = bench_raw(
+            &server,
+            &[
+                "--mode",
+                mode,
+                "--batch-size",
+                "10001",
+                "--connections",
+                "1",
+                "--concurrency",
+                "1",
+                "--duration",
+                "1s",
+                "--json",
+            ],
+        );
+        assert!(status.success(), "{mode}: {stderr}");
+        let s: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON summary object");
+        assert_eq!(s["events_acked"], 0, "{mode}: {s}");
+        assert_eq!(s["errors"], s["requests"], "{mode}: every request failed: {s}");
+        let first = &s["errors_by_status"][0];
+        assert_eq!(first["status"], "INVALID_ARGUMENT", "{mode}: {s}");
+        assert!(
+            first["example"].as_str().unwrap_or("").contains("10001 events"),
+            "{mode}: the example is the server's message: {s}"
+        );
+        assert!(
+            first["count"].as_u64().unwrap_or(0) >= 2,
+            "{mode}: the worker went on after the first refusal (a new stream each time): {s}"
+        );
+    }
+    let (_, stdout, _) = bench_raw(
+        &server,
+        &["--mode", "batch", "--batch-size", "10001", "--duration", "1s"],
+    );
+    assert!(
+        stdout.contains("× INVALID_ARGUMENT, the first: the request has 10001 events"),
+        "{stdout}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_lines_go_to_stderr_and_the_summary_to_stdout() {
+    let app = spawn_app(Backend::Memory).await;
+    let (status, stdout, stderr) = bench_raw(
+        &format!("http://{}", app.addr),
+        &[
+            "--duration",
+            "2s",
+            "--progress",
+            "500ms",
+            "--batch-size",
+            "100",
+            "--json",
+        ],
+    );
+    assert!(status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("bench: ")).collect();
+    assert!(lines.len() >= 2, "a line about every 0.5 s: {stderr}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains(" events acked, ") && l.contains(" failed")),
+        "{stderr}"
+    );
+    serde_json::from_str::<serde_json::Value>(&stdout).expect("stdout holds only the summary");
+    let (_, _, stderr) = bench_raw(
+        &format!("http://{}", app.addr),
+        &["--duration", "1s", "--progress", "0s", "--batch-size", "100"],
+    );
+    assert!(!stderr.contains("bench: "), "`--progress 0s` prints none: {stderr}");
+    app.stop().await;
+}
