@@ -149,6 +149,13 @@ child_ticks() {
   read -r -a f < <(sed 's/^.*) //' "/proc/$1/stat")
   echo $((f[13] + f[14]))
 }
+# utime+stime of Redis' main thread alone (its task whose id is the process id): the
+# thread that runs every command; its I/O and background threads are not in it.
+main_ticks() {
+  local f
+  read -r -a f < <(sed 's/^.*) //' "/proc/$1/task/$1/stat")
+  echo $((f[11] + f[12]))
+}
 rss_kb() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM:/{print $2}' "/proc/$1/status"; }
 rcli() { redis-cli -p "$REDIS_PORT" "$@"; }
@@ -216,12 +223,17 @@ measure() {
   k0=$(child_ticks "$REDIS_PID")
   c0=$(redis_calls)
   # shellcheck disable=SC2016
-  local w0
+  local w0 m0 t0
   w0=$(aof_rewrites)
+  m0=$(main_ticks "$REDIS_PID")
+  t0=$(date +%s.%N)
   bash -c '"$@" >"$0" 2>"$0.stderr"; rc=$?
     read -r -a f < <(sed "s/^.*) //" /proc/$$/stat)
     echo $((f[13] + f[14])) >"$0.cpu"; exit $rc' "$out" "$@" ||
     die "$(basename "$out"): '$*' failed: $(tail -n 5 "$out.stderr")"
+  # How busy Redis' one command thread was while the load ran (folding after it not
+  # counted): near 1, Redis is what bounds the step.
+  M_REDIS_MAIN_BUSY=$(calc "($(main_ticks "$REDIS_PID") - $m0) / $HZ / ($(date +%s.%N) - $t0)")
   # AOF rewrites Redis started while the load ran (each forks Redis).
   M_REWRITES=$(($(aof_rewrites) - w0))
   # The Redis service keeps folding journals after the load stops: wait, and count it.
@@ -241,8 +253,8 @@ measure() {
     log "$(basename "$out"): Redis CPU $M_REDIS ticks, $M_REDIS_CHILDREN of them in its AOF-rewrite children"
   M_CALLS=$(($(redis_calls) - c0 - 1)) # minus the INFO that read the first count
   M_CLIENT=$(cat "$out.cpu")
-  printf '{"service_cpu_ticks":%s,"redis_cpu_ticks":%s,"redis_rewrite_cpu_ticks":%s,"client_cpu_ticks":%s,"clk_tck":%s,"redis_commands":%s}\n' \
-    "$M_SVC" "$M_REDIS" "$M_REDIS_CHILDREN" "$M_CLIENT" "$HZ" "$M_CALLS" >"${out%.*}.proc.json"
+  printf '{"service_cpu_ticks":%s,"redis_cpu_ticks":%s,"redis_rewrite_cpu_ticks":%s,"client_cpu_ticks":%s,"clk_tck":%s,"redis_commands":%s,"redis_main_thread_busy":%s}\n' \
+    "$M_SVC" "$M_REDIS" "$M_REDIS_CHILDREN" "$M_CLIENT" "$HZ" "$M_CALLS" "$M_REDIS_MAIN_BUSY" >"${out%.*}.proc.json"
 }
 
 # ---------------------------------------------------------------- the table
@@ -329,7 +341,11 @@ bench_step() {
   esac
   local redis_cpu
   redis_cpu=$(per_unit "$M_REDIS" "$all")
-  [[ $svc == "$SVC_PID" ]] || redis_cpu="–"
+  if [[ $svc == "$SVC_PID" ]]; then
+    redis_cpu="$redis_cpu (main thread $(printf '%.2f' "$M_REDIS_MAIN_BUSY") busy)"
+  else
+    redis_cpu="–"
+  fi
   row "$step" "$load" "$result" "$(fmt "$p50")" "$(fmt "$p99")" "$(per_unit "$M_SVC" "$all")" \
     "$redis_cpu" "$(per_unit "$M_CLIENT" "$all")" "$cmds" "$(fmt "$rss")" "$target"
 }
@@ -399,7 +415,7 @@ rb_step() { # name clients
   [[ -n $rate ]] || die "$name: cannot read the rate from $(cat "$f")"
   V[$name]=$rate
   row "redis-benchmark HINCRBY -c $c -P 64" "$(fmt "$RB_N") ops, 1,000 fields" "$(fmt "$rate") ops/s" \
-    "$(fmt "$(calc "${p50:-0}" \* 1000)")" "–" "–" "$(per_unit "$M_REDIS" "$RB_N")" "$(per_unit "$M_CLIENT" "$RB_N")" "1" "–" ""
+    "$(fmt "$(calc "${p50:-0}" \* 1000)")" "–" "–" "$(per_unit "$M_REDIS" "$RB_N") (main thread $(printf '%.2f' "$M_REDIS_MAIN_BUSY") busy)" "$(per_unit "$M_CLIENT" "$RB_N")" "1" "–" ""
   rcli del 'rb:{bench}:h' >/dev/null
 }
 rb_step rb-c1 1
