@@ -924,10 +924,18 @@ async fn unary_worker(
     let batch = effective_batch(config).max(1);
     let mut rng = StdRng::seed_from_u64(config.seed.wrapping_add(w as u64));
     let mut pacer = per_worker.map(|_| Pacer::new()).transpose()?;
+    // Closed loop, the server unreachable (UNAVAILABLE): one request at a time, after a
+    // pause that grows while they keep failing, as a client would; not tens of thousands
+    // a second at a restarting replica. The open loop keeps its schedule: its rate is
+    // the load asked for, and its failures are the result.
+    let mut backoff = Backoff::default();
     loop {
         let now = Instant::now();
         let next_due = per_worker.map(|r| intended(started, k, r));
-        let may_send = now < deadline && in_flight.len() < config.concurrency && next_due.is_none_or(|due| due <= now);
+        let room = if backoff.failing { 1 } else { config.concurrency };
+        let held = backoff.until.filter(|until| *until > now);
+        let may_send =
+            now < deadline && in_flight.len() < room && held.is_none() && next_due.is_none_or(|due| due <= now);
         if may_send {
             let sent_at = next_due.unwrap_or(now);
             if next_due.is_some() {
@@ -992,13 +1000,17 @@ async fn unary_worker(
         if in_flight.is_empty() && now >= deadline {
             break;
         }
-        // Wait for a reply, or for the next intended send time.
+        // Wait for a reply, the next intended send time or the end of a pause.
         let wake = match next_due {
-            Some(due) if now < deadline && in_flight.len() < config.concurrency => Some(due),
+            Some(due) if now < deadline && in_flight.len() < room => Some(due),
+            None if now < deadline && in_flight.len() < room => held,
             _ => None,
         };
         tokio::select! {
             Some((sent_at, n, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                if per_worker.is_none() {
+                    backoff.answered(result.as_ref().err().map(tonic::Status::code), Instant::now());
+                }
                 tally.answered(sent_at, n, result.map_err(Failure::Status));
             }
             woke = async {
@@ -1021,6 +1033,40 @@ async fn unary_worker(
         }
     }
     Ok(tally)
+}
+
+/// A closed-loop worker's pause while the server is unreachable: 50 ms after the first
+/// `UNAVAILABLE`, doubling while they go on, up to 1 s; any other answer ends it.
+#[derive(Debug, Default)]
+struct Backoff {
+    /// The last answer was `UNAVAILABLE`: send one request at a time.
+    failing: bool,
+    pause: Duration,
+    /// No request before this.
+    until: Option<Instant>,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(50);
+    const MOST: Duration = Duration::from_secs(1);
+
+    /// An answer arrived at `now`: `None` for success, else the error's code.
+    fn answered(&mut self, error: Option<tonic::Code>, now: Instant) {
+        if error == Some(tonic::Code::Unavailable) {
+            // Requests sent before the first failure fail together: one pause for them.
+            if self.until.is_none_or(|until| until <= now) {
+                self.pause = if self.failing {
+                    (self.pause * 2).min(Self::MOST)
+                } else {
+                    Self::FIRST
+                };
+                self.until = Some(now + self.pause);
+            }
+            self.failing = true;
+        } else {
+            *self = Backoff::default();
+        }
+    }
 }
 
 async fn stream_worker(
@@ -1194,6 +1240,34 @@ mod tests {
 
     fn unavailable(message: &str) -> Failure {
         Failure::Status(tonic::Status::unavailable(message))
+    }
+
+    #[test]
+    fn a_closed_loop_worker_pauses_longer_while_the_server_stays_unavailable() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut b = Backoff::default();
+        b.answered(Some(tonic::Code::Unavailable), ms(0));
+        assert!(b.failing);
+        assert_eq!(b.until, Some(ms(50)));
+        // Requests that were in flight with it fail within its pause: no longer pause.
+        b.answered(Some(tonic::Code::Unavailable), ms(10));
+        assert_eq!(b.until, Some(ms(50)));
+        // Each probe after a pause that fails doubles it, up to 1 s.
+        let mut at = 50;
+        for pause in [100, 200, 400, 800, 1000, 1000] {
+            b.answered(Some(tonic::Code::Unavailable), ms(at));
+            assert_eq!(b.until, Some(ms(at + pause)), "after the probe at {at} ms");
+            at += pause;
+        }
+        // Any answer from the server (even a refusal) ends the pause.
+        b.answered(Some(tonic::Code::InvalidArgument), ms(at));
+        assert!(!b.failing);
+        assert_eq!(b.until, None);
+        b.answered(Some(tonic::Code::Unavailable), ms(at));
+        assert_eq!(b.until, Some(ms(at + 50)), "a new outage starts at 50 ms again");
+        b.answered(None, ms(at + 60));
+        assert!(!b.failing && b.until.is_none());
     }
 
     #[test]

@@ -209,3 +209,67 @@ async fn progress_lines_go_to_stderr_and_the_summary_to_stdout() {
     assert!(!stderr.contains("bench: "), "`--progress 0s` prints none: {stderr}");
     app.stop().await;
 }
+
+/// A replica that restarts mid-run: the workers pause while it is unreachable (a few
+/// failed requests, not thousands a second) and go on once it is back.
+#[test]
+fn a_restarting_server_is_waited_for_not_hammered() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let server = format!("http://{listen}");
+    for mode in ["unary", "stream"] {
+        let mut first = ServiceProcess::start_raw(&["--listen", &listen]);
+        let run = {
+            let server = server.clone();
+            std::thread::spawn(move || {
+                bench_raw(
+                    &server,
+                    &[
+                        "--mode",
+                        mode,
+                        "--duration",
+                        "6s",
+                        "--progress",
+                        "500ms",
+                        "--batch-size",
+                        "100",
+                        "--connections",
+                        "2",
+                        "--json",
+                    ],
+                )
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        first.kill();
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let second = ServiceProcess::start_raw(&["--listen", &listen]);
+        let (status, stdout, stderr) = run.join().expect("the bench thread");
+        drop(second);
+        assert!(status.success(), "{mode}: {stderr}");
+        let s: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON summary object");
+        let unavailable = s["errors_by_status"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["status"] == "UNAVAILABLE")
+            .and_then(|e| e["count"].as_u64())
+            .unwrap_or(0);
+        assert!(unavailable >= 1, "{mode}: the outage shows as UNAVAILABLE: {s}");
+        assert!(
+            unavailable <= 100,
+            "{mode}: the workers pause while the server is away, yet {unavailable} requests failed: {s}"
+        );
+        // The last progress line's rate: events were acknowledged again after the restart.
+        let last = stderr
+            .lines()
+            .rfind(|l| l.starts_with("bench: "))
+            .unwrap_or_else(|| panic!("{mode}: no progress line: {stderr}"));
+        let rate: u64 = last
+            .split(" events acked, ")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{mode}: cannot read the rate of `{last}`"));
+        assert!(rate > 0, "{mode}: acknowledged again after the restart: {stderr}");
+    }
+}
