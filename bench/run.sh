@@ -402,6 +402,10 @@ wait_tcp "$NULL_PORT" "tasktime serve --null-store"
 SVC=http://127.0.0.1:$SVC_PORT
 NULL=http://127.0.0.1:$NULL_PORT
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+# The first line of /proc/stat: every CPU's ticks by kind, summed; the 8th number is
+# "steal", time the hypervisor ran something else while this VM wanted the CPU.
+cpu_ticks() { awk '$1 == "cpu" { t = 0; for (i = 2; i <= 9; i++) t += $i; print t, $9 }' /proc/stat; }
+read -r CPU_ALL0 CPU_STEAL0 < <(cpu_ticks)
 
 # ---------------------------------------------------------------- 1. Redis' own ceiling
 
@@ -818,13 +822,16 @@ ratio "bound: completed, exactly once" "$CORES cores ÷ (null store service + cl
 ratio "bound: pairs, exactly once" "$CORES cores ÷ (null store service + client CPU + Redis (insert + lookup) ÷ 2), per event" \
   "$(fmt "$B_PAIRS") events/s" "$(beyond 300000 "$B_PAIRS" "≥ 300,000"); $(beyond 600000 "$B_PAIRS" "stretch 600,000"); $(beyond "$(calc "0.7 * ${V[null-stream-pairs]}")" "$B_PAIRS" "0.7 × null store")$SD_PAIRS"
 
+read -r CPU_ALL1 CPU_STEAL1 < <(cpu_ticks)
+STOLEN=$(printf '%.1f' "$(calc "100 * ($CPU_STEAL1 - $CPU_STEAL0) / ($CPU_ALL1 - $CPU_ALL0 + 1)")")
+
 # ---------------------------------------------------------------- print
 
 {
   echo "# tasktime bench/run.sh$( ((SMOKE)) && echo " --smoke (numbers are not meaningful)")"
   echo
   echo "- date: $(date -u +%FT%TZ); commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted changes in src/'); binary: $( ((SMOKE)) && echo 'debug' || echo 'release') build"
-  echo "- machine: $(nproc) cores ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)), $(free -h | awk '/^Mem:/ {print $2}') RAM, kernel $(uname -r); load average before $LOAD_BEFORE, after $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "- machine: $(nproc) cores ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)), $(free -h | awk '/^Mem:/ {print $2}') RAM, kernel $(uname -r); load average before $LOAD_BEFORE, after $(cut -d' ' -f1-3 /proc/loadavg); CPU time stolen by the hypervisor during the run: $STOLEN % (/proc/stat: of all the cores' time)"
   echo "- redis-server $REDIS_VERSION on 127.0.0.1:$REDIS_PORT, started by this script: $REDIS_SETTINGS"
   echo "- each load step ${DUR}; \`tasktime bench\` workload: 50 tasks (Zipf 1.0) × 4 releases × 3 platforms, lognormal durations; service, Redis, client and StatsD share the machine"
   echo "- CPU columns: µs of CPU (user + system, /proc/<pid>/stat) per event (per request for queries and gate, per op for redis-benchmark, per timer for StatsD); client = the load generator; redis cmds = INFO commandstats calls per event, commands inside the Lua scripts included; Redis' CPU includes its AOF-rewrite children (cutime + cstime), each counted in the step that started it, which waits for it to end"
