@@ -579,9 +579,10 @@ impl RedisStore {
                     .into_iter()
                     .zip(stored)
                     .map(|((key, (expire_at_ms, fields)), stored)| {
-                        bucket::add_deltas(stored.as_deref().unwrap_or(""), &fields)
-                            .map(|bucket| (key.clone(), expire_at_ms, bucket))
-                            .map_err(|e| StoreError::Internal(format!("bucket `{key}`: {e}")))
+                        match bucket::add_deltas(stored.as_deref().unwrap_or(""), &fields) {
+                            Ok(bucket) => Ok((key, expire_at_ms, bucket)),
+                            Err(e) => Err(StoreError::Internal(format!("bucket `{key}`: {e}"))),
+                        }
                     })
                     .collect::<Result<Vec<_>, StoreError>>()
             })
