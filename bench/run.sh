@@ -151,11 +151,7 @@ child_ticks() {
 }
 # utime+stime of Redis' main thread alone (its task whose id is the process id): the
 # thread that runs every command; its I/O and background threads are not in it.
-main_ticks() {
-  local f
-  read -r -a f < <(sed 's/^.*) //' "/proc/$1/task/$1/stat")
-  echo $((f[11] + f[12]))
-}
+main_ticks() { ticks "$1/task/$1"; }
 rss_kb() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM:/{print $2}' "/proc/$1/status"; }
 rcli() { redis-cli -p "$REDIS_PORT" "$@"; }

@@ -1035,11 +1035,13 @@ async fn unary_worker(
     Ok(tally)
 }
 
-/// A closed-loop worker's pause while the server is unreachable: 50 ms after the first
-/// `UNAVAILABLE`, doubling while they go on, up to 1 s; any other answer ends it.
+/// A worker's pause while the server is unreachable, as a client would pause: 50 ms
+/// after the first failure, doubling while they go on, up to 1 s; any answer from the
+/// server ends it. Closed-loop unary workers pause on `UNAVAILABLE`; stream workers
+/// before opening a new stream after one broke.
 #[derive(Debug, Default)]
 struct Backoff {
-    /// The last answer was `UNAVAILABLE`: send one request at a time.
+    /// The last attempt failed: a unary worker sends one request at a time.
     failing: bool,
     pause: Duration,
     /// No request before this.
@@ -1050,19 +1052,25 @@ impl Backoff {
     const FIRST: Duration = Duration::from_millis(50);
     const MOST: Duration = Duration::from_secs(1);
 
-    /// An answer arrived at `now`: `None` for success, else the error's code.
+    /// An attempt failed at `now`: pause, twice as long as last time if the last one
+    /// failed too.
+    fn failed(&mut self, now: Instant) {
+        self.pause = if self.failing {
+            (self.pause * 2).min(Self::MOST)
+        } else {
+            Self::FIRST
+        };
+        self.until = Some(now + self.pause);
+        self.failing = true;
+    }
+
+    /// A unary answer arrived at `now`: `None` for success, else the error's code.
     fn answered(&mut self, error: Option<tonic::Code>, now: Instant) {
         if error == Some(tonic::Code::Unavailable) {
             // Requests sent before the first failure fail together: one pause for them.
             if self.until.is_none_or(|until| until <= now) {
-                self.pause = if self.failing {
-                    (self.pause * 2).min(Self::MOST)
-                } else {
-                    Self::FIRST
-                };
-                self.until = Some(now + self.pause);
+                self.failed(now);
             }
-            self.failing = true;
         } else {
             *self = Backoff::default();
         }
@@ -1084,20 +1092,21 @@ async fn stream_worker(
     // Requests sent so far: the open loop's schedule goes on across streams.
     let mut k: u64 = 0;
     // A stream that fails is counted and replaced (after a pause that grows while streams
-    // keep failing at once, up to 1 s), as a client would, until the deadline.
-    let mut pause = Duration::from_millis(50);
+    // keep failing without acknowledging anything), as a client would, until the deadline.
+    let mut backoff = Backoff::default();
     while Instant::now() < deadline {
         let acked = tally.events_acked + tally.warmup_events_acked;
         let broken = one_stream(config, &mut grpc, &mut generator, &mut tally, &mut k, clock).await;
         if !broken {
             break;
         }
-        pause = if tally.events_acked + tally.warmup_events_acked > acked {
-            Duration::from_millis(50)
-        } else {
-            (pause * 2).min(Duration::from_secs(1))
-        };
-        tokio::time::sleep_until(deadline.min(Instant::now() + pause).into()).await;
+        if tally.events_acked + tally.warmup_events_acked > acked {
+            backoff = Backoff::default(); // the server answered before the stream broke
+        }
+        let now = Instant::now();
+        backoff.failed(now);
+        let until = backoff.until.unwrap_or(now);
+        tokio::time::sleep_until(deadline.min(until).into()).await;
     }
     Ok(tally)
 }
