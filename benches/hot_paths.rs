@@ -295,6 +295,51 @@ fn fold_journal(c: &mut Criterion) {
         b.iter(|| store::fold_entries(black_box(&entries), black_box(&stored), &sem.retention, now_secs))
     });
     group.finish();
+
+    // What a 30-day query of one series adds to the buckets it read from the first 64
+    // entries of that journal (a query folds a longer one first; its day, hour and minute buckets), reading only that series' lines and
+    // rolling up only those buckets, against rolling up the whole journal (as before).
+    let events = [completed_event("checkout", 0, now, 1_000).encode_to_vec()];
+    let first = convert::event(0, &events[0], &ctx, &mut RequestCache::default()).expect("a valid event");
+    let prefix = keys::task_prefix(&first.tenant, &first.task);
+    let namespace = sem.histogram.namespace();
+    let cover = tasktime::buckets::cover(now_secs - 30 * 86_400, now_secs, now_secs, &sem.retention);
+    let month: Vec<String> = cover
+        .buckets
+        .iter()
+        .map(|b| keys::bucket(&prefix, &namespace, *b, first.labels.series_id()))
+        .collect();
+    let totals: Vec<String> = cover
+        .buckets
+        .iter()
+        .map(|b| keys::task_total(&prefix, &namespace, *b))
+        .collect();
+    let mut group = c.benchmark_group("query journal");
+    for (name, keys, whole) in [
+        ("one series, 30 days, its buckets only", &month, false),
+        ("one series, 30 days, every bucket", &month, true),
+        ("task total, 30 days, its buckets only", &totals, false),
+        ("task total, 30 days, every bucket", &totals, true),
+    ] {
+        group.throughput(Throughput::Elements(keys.len() as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut read = vec![store::Fields::default(); keys.len()];
+                store::add_journal(
+                    black_box(&entries[..64]),
+                    &prefix,
+                    keys,
+                    &mut read,
+                    &sem.retention,
+                    now_secs,
+                    whole,
+                )
+                .expect("the entries read");
+                read
+            })
+        });
+    }
+    group.finish();
 }
 
 criterion_group!(benches, convert_event, histogram_bins, plan_round, fold_journal);

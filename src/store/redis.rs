@@ -643,21 +643,16 @@ impl RedisStore {
             if first.is_some() && first != head.as_deref().map(journal::token) {
                 continue; // folded while we read: read again
             }
-            let mut sums = Sums::default();
-            for entry in &entries {
-                sums.add_entry(entry).map_err(|e| StoreError::Internal(e.to_string()))?;
-            }
-            let rolled = sums.buckets(&self.sem.retention, unix_now_secs());
-            for (key, map) in keys.iter().zip(&mut out) {
-                let Some(suffix) = key.strip_prefix(prefix).and_then(|k| k.strip_prefix(':')) else {
-                    continue;
-                };
-                if let Some((_, fields)) = rolled.get(suffix) {
-                    for (field, delta) in fields {
-                        map.add(field, *delta);
-                    }
-                }
-            }
+            super::add_journal(
+                &entries,
+                prefix,
+                &keys,
+                &mut out,
+                &self.sem.retention,
+                unix_now_secs(),
+                false,
+            )
+            .map_err(StoreError::Internal)?;
             return Ok(out);
         }
         Err(StoreError::Contention)

@@ -423,7 +423,9 @@ mod journal {
     use std::sync::Arc;
 
     use tasktime::buckets::{BucketRef, Resolution, Retention};
-    use tasktime::domain::{EventKind, InstanceId, Labels, MICROS_PER_SEC, Outcome, TaskEvent, TaskName, Tenant};
+    use tasktime::domain::{
+        EventKind, InstanceId, Labels, MICROS_PER_SEC, Outcome, SeriesId, TaskEvent, TaskName, Tenant,
+    };
     use tasktime::histogram::HistogramConfig;
     use tasktime::ingest::Semantics;
     use tasktime::store::redis::RedisTimeouts;
@@ -706,6 +708,64 @@ mod journal {
         store.apply(&[completed("s-64", t)], t).await.expect("commit");
         assert_eq!(day_total(&store, t).await, (65, 65));
         assert_eq!(redis.cli(&["exists", JOURNAL]).trim(), "0", "65 entries: folded first");
+    }
+
+    /// A read of some series' buckets adds to them what the unfolded journal holds for
+    /// them, and nothing of the other series; a read of the task's total adds every
+    /// series'.
+    #[tokio::test]
+    async fn a_read_of_one_series_sees_its_unfolded_events_only() {
+        let redis = RedisServer::start(RedisOptions::default());
+        let store = store(&redis);
+        let t = now() - 60 * SEC;
+        let labelled = |id: &str, release: &str| TaskEvent {
+            labels: Labels::parse("labels", [("release".to_owned(), release.to_owned())], 16, 128).expect("labels"),
+            ..completed(id, t)
+        };
+        let events = [
+            labelled("a-1", "1"),
+            labelled("a-2", "1"),
+            labelled("b-1", "2"),
+            labelled("a-3", "1"),
+            labelled("b-2", "2"),
+        ];
+        for pair in events.chunks(2) {
+            store.apply(pair, t).await.expect("commit");
+        }
+        assert_eq!(redis.cli(&["llen", JOURNAL]).trim(), "3", "three entries, not folded");
+        let prefix = keys::task_prefix(&Tenant::default_tenant(), &task());
+        let namespace = histogram().namespace();
+        let (one, two) = (events[0].labels.series_id(), events[2].labels.series_id());
+        let at = |res: Resolution| BucketRef {
+            res,
+            start: res.bucket_start(t),
+        };
+        let read = |keys: Vec<String>| {
+            let store = store.clone();
+            async move {
+                let maps = store
+                    .read_hashes(&Tenant::default_tenant(), &task(), keys)
+                    .await
+                    .expect("read");
+                maps.iter()
+                    .map(|m| m.get(keys::outcome_field(Outcome::Succeeded)).unwrap_or(0))
+                    .collect::<Vec<i64>>()
+            }
+        };
+        let series_keys = vec![
+            keys::bucket(&prefix, &namespace, at(Resolution::Minute), one),
+            keys::bucket(&prefix, &namespace, at(Resolution::Day), one),
+            keys::bucket(&prefix, &namespace, at(Resolution::Hour), one),
+        ];
+        assert_eq!(read(series_keys).await, [3, 3, 3]);
+        let mixed = vec![
+            keys::bucket(&prefix, &namespace, at(Resolution::Day), two),
+            keys::task_total(&prefix, &namespace, at(Resolution::Day)),
+            keys::bucket(&prefix, &namespace, at(Resolution::Minute), one),
+        ];
+        assert_eq!(read(mixed).await, [2, 5, 3]);
+        let other = vec![keys::bucket(&prefix, &namespace, at(Resolution::Minute), SeriesId(1))];
+        assert_eq!(read(other).await, [0]);
     }
 
     /// With no flusher running (or one that is behind), commit rounds fold the journal
