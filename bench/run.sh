@@ -818,6 +818,19 @@ ratio "bound: completed, exactly once" "$CORES cores ÷ (null store service + cl
 ratio "bound: pairs, exactly once" "$CORES cores ÷ (null store service + client CPU + Redis (insert + lookup) ÷ 2), per event" \
   "$(fmt "$B_PAIRS") events/s" "$(beyond 300000 "$B_PAIRS" "≥ 300,000"); $(beyond 600000 "$B_PAIRS" "stretch 600,000"); $(beyond "$(calc "0.7 * ${V[null-stream-pairs]}")" "$B_PAIRS" "0.7 × null store")$SD_PAIRS"
 
+# The unary open loop's latency with no store at all: the generator, gRPC and the
+# kernel on these cores at the same rate. A full path cannot answer faster than that.
+if [[ -n ${V[null-unary-open.p99]:-} ]]; then
+  NULL_OPEN_P99=${V[null-unary-open.p99]}
+  if awk -v p="$NULL_OPEN_P99" 'BEGIN { exit !(p > 2000) }'; then
+    OPEN_BOUND="p99 ≤ 2 ms at 10,000/s: beyond this machine (the null store's own p99 is $(fmt "$NULL_OPEN_P99") µs)"
+  else
+    OPEN_BOUND="p99 ≤ 2 ms at 10,000/s: within the bound (the null store's p99 is $(fmt "$NULL_OPEN_P99") µs)"
+  fi
+  ratio "bound: unary open loop, p99" "the null store's p99 at the same 10,000 calls/s in this run (generator, gRPC and kernel; no store)" \
+    "$(fmt "$NULL_OPEN_P99") µs" "$OPEN_BOUND"
+fi
+
 read -r CPU_ALL1 CPU_STEAL1 < <(cpu_ticks)
 STOLEN=$(printf '%.1f' "$(calc "100 * ($CPU_STEAL1 - $CPU_STEAL0) / ($CPU_ALL1 - $CPU_ALL0 + 1)")")
 
