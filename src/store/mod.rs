@@ -247,33 +247,26 @@ pub trait Store: Clone + Send + Sync + 'static {
 /// lines, and `str::split` with a `char` sets up a searcher for each. An ASCII byte never
 /// occurs inside a longer UTF-8 sequence, so every piece starts and ends on a character
 /// boundary.
+pub(crate) fn split_ascii(text: &str, sep: u8) -> impl Iterator<Item = &str> {
+    debug_assert!(sep.is_ascii());
+    split_at_each(text, move |s| s.bytes().position(|b| b == sep))
+}
+
 /// The lines of `text`, as `split_ascii(text, b'\n')` gives them, found with `memchr`:
 /// a journal entry's lines are a kilobyte or more each, and a read skips most of them
 /// (for words, a few bytes each, the byte loop of [`split_ascii`] is faster: a fold took
 /// 15 % longer with `memchr` there).
 pub(crate) fn split_lines(text: &str) -> impl Iterator<Item = &str> {
-    let mut rest = Some(text);
-    std::iter::from_fn(move || {
-        let s = rest?;
-        match memchr::memchr(b'\n', s.as_bytes()) {
-            Some(i) => {
-                rest = Some(&s[i + 1..]);
-                Some(&s[..i])
-            }
-            None => {
-                rest = None;
-                Some(s)
-            }
-        }
-    })
+    split_at_each(text, |s| memchr::memchr(b'\n', s.as_bytes()))
 }
 
-pub(crate) fn split_ascii(text: &str, sep: u8) -> impl Iterator<Item = &str> {
-    debug_assert!(sep.is_ascii());
+/// The pieces of `text` between the one-byte ASCII separators `find` finds (the index
+/// of the next one in what is left, or `None`).
+fn split_at_each(text: &str, find: impl Fn(&str) -> Option<usize>) -> impl Iterator<Item = &str> {
     let mut rest = Some(text);
     std::iter::from_fn(move || {
         let s = rest?;
-        match s.bytes().position(|b| b == sep) {
+        match find(s) {
             Some(i) => {
                 rest = Some(&s[i + 1..]);
                 Some(&s[..i])
