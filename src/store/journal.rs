@@ -118,14 +118,16 @@ fn parse_bucket_key(key: &str) -> Option<(&str, BucketRef, Option<SeriesId>)> {
 }
 
 /// Parses one line of an entry (after its token), splitting it into `words` (reused).
-fn parse_line<'a>(line: &'a str, words: &mut Vec<&'a str>) -> Result<Line<'a>, String> {
+/// `minute`: its key, when the caller parsed it already as a series' minute's.
+fn parse_line<'a>(
+    line: &'a str,
+    words: &mut Vec<&'a str>,
+    minute: Option<(&'a str, (i64, SeriesId))>,
+) -> Result<Line<'a>, String> {
     words.clear();
     words.extend(split_ascii(line, b' '));
     let key = words[0];
-    // An earlier version's line has an expiry after the key (an even word count, and
-    // a number where this version has a field name, which is never a number).
-    let second = words.get(1).and_then(|w| w.parse::<i64>().ok());
-    let (expiry, pairs) = match second.filter(|_| words.len() % 2 == 0) {
+    let (expiry, pairs) = match earlier_versions_expiry(words) {
         Some(expiry) => {
             if parse_bucket_key(key).is_none() {
                 return Err(format!("`{key}` is not the key of a bucket followed by its expiry"));
@@ -145,11 +147,22 @@ fn parse_line<'a>(line: &'a str, words: &mut Vec<&'a str>) -> Result<Line<'a>, S
     Ok(match expiry {
         Some(expiry) => Line::Bucket(key, expiry, fields),
         None => {
-            let (namespace, minute) =
-                parse_minute_key(key).ok_or_else(|| format!("`{key}` is not the key of a series' minute bucket"))?;
+            let (namespace, minute) = minute
+                .or_else(|| parse_minute_key(key))
+                .ok_or_else(|| format!("`{key}` is not the key of a series' minute bucket"))?;
             Line::Minute(namespace, minute, fields)
         }
     })
+}
+
+/// The expiry of an earlier version's line, split into its `words`: it has one after
+/// the key (an even word count, and a number where this version has a field name,
+/// which is never a number).
+fn earlier_versions_expiry(words: &[&str]) -> Option<i64> {
+    words
+        .get(1)
+        .and_then(|w| w.parse::<i64>().ok())
+        .filter(|_| words.len() % 2 == 0)
 }
 
 /// The buckets one read wants from the journal, by their keys without the task prefix
@@ -213,36 +226,47 @@ impl<'k> Wanted<'k> {
         let mut parsed: Vec<(Vec<usize>, Fields<'_>)> = Vec::new();
         let mut words: Vec<&str> = Vec::new();
         for line in split_lines(entry).skip(1) {
-            let key = split_ascii(line, b' ').next().unwrap_or("");
-            // This version's lines name a series' minute: the buckets it rolls up into.
+            let mut head = split_ascii(line, b' ');
+            let key = head.next().unwrap_or("");
             let mut targets = Vec::new();
-            if let Some((namespace, (minute, series))) = parse_minute_key(key) {
-                if self.series.as_ref().is_some_and(|set| !set.contains(&series)) {
-                    continue;
-                }
-                for (bucket, _) in crate::buckets::roll_up(retention, minute, now_secs) {
-                    for target in [Some(series), None] {
-                        if let Some(at) = self.buckets.get(&(namespace, bucket, target)) {
-                            targets.extend_from_slice(at);
-                        }
+            let mut minute_key = None;
+            if head.next().is_some_and(|w| w.parse::<i64>().is_ok()) {
+                // Most likely an earlier version's line: it adds to its own bucket only.
+                // (Whether it is one, parse_line decides, by its word count.)
+                words.clear();
+                words.extend(split_ascii(line, b' '));
+                if earlier_versions_expiry(&words).is_some() {
+                    match self.keys.get(key) {
+                        Some(at) => targets.extend_from_slice(at),
+                        None => continue,
                     }
                 }
-                if targets.is_empty() {
-                    continue;
+            }
+            if targets.is_empty() {
+                // This version's line names a series' minute: the buckets it rolls up into.
+                if let Some(parsed @ (namespace, (minute, series))) = parse_minute_key(key) {
+                    if self.series.as_ref().is_some_and(|set| !set.contains(&series)) {
+                        continue;
+                    }
+                    for (bucket, _) in crate::buckets::roll_up(retention, minute, now_secs) {
+                        for target in [Some(series), None] {
+                            if let Some(at) = self.buckets.get(&(namespace, bucket, target)) {
+                                targets.extend_from_slice(at);
+                            }
+                        }
+                    }
+                    if targets.is_empty() {
+                        continue;
+                    }
+                    minute_key = Some(parsed);
                 }
             }
-            let line = parse_line(line, &mut words).map_err(|why| BadEntry {
-                token: token(entry).to_owned(),
-                why,
-            })?;
-            if let Line::Bucket(key, _, fields) = line {
-                // An earlier version's line: its own bucket only.
-                if let Some(at) = self.keys.get(key) {
-                    parsed.push((at.clone(), fields));
-                }
-            } else if let Line::Minute(_, _, fields) = line {
-                parsed.push((targets, fields));
-            }
+            let (Line::Bucket(_, _, fields) | Line::Minute(_, _, fields)) = parse_line(line, &mut words, minute_key)
+                .map_err(|why| BadEntry {
+                    token: token(entry).to_owned(),
+                    why,
+                })?;
+            parsed.push((targets, fields));
         }
         for (targets, fields) in parsed {
             for at in targets {
@@ -271,7 +295,7 @@ impl Sums {
         let mut parsed: Vec<Line<'_>> = Vec::new();
         let mut words: Vec<&str> = Vec::new();
         for line in split_lines(entry).skip(1) {
-            parsed.push(parse_line(line, &mut words).map_err(bad)?);
+            parsed.push(parse_line(line, &mut words, None).map_err(bad)?);
         }
         for line in parsed {
             let (sums, fields) = match line {

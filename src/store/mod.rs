@@ -464,7 +464,8 @@ mod tests {
             now_secs in prop_oneof![Just(1_000i64), Just(100_000), Just(200_000)],
         ) {
             // One entry per four lines; series 0 stands for an earlier version's line
-            // (its own bucket and expiry: the task's hour).
+            // (its own bucket and expiry: the task's hour), and a negative delta on
+            // series 1 for an earlier version's line of that series' minute.
             let entries: Vec<String> = lines
                 .chunks(4)
                 .enumerate()
@@ -474,6 +475,8 @@ mod tests {
                         let field = ["started", "s", "sum:s", "s:1234"][*field];
                         if *series == 0 {
                             entry.push_str(&format!("\nd2r1:t:h:{} 999999999 {field} {delta}", minute / 60 * 3600));
+                        } else if *series == 1 && *delta < 0 {
+                            entry.push_str(&format!("\nd2r1:b:m:{}:{:016x} 999999999 {field} {delta}", minute * 60, series));
                         } else {
                             entry.push_str(&format!("\nd2r1:b:m:{}:{:016x} {field} {delta}", minute * 60, series));
                         }
@@ -503,6 +506,20 @@ mod tests {
         assert!(err.contains("tok-1") && err.contains("started"), "{err}");
         let err = journal_read(&entries, &keys, true).unwrap_err();
         assert!(err.contains("tok-1"), "{err}");
+    }
+
+    /// An earlier version's line names its own bucket, a series' minute too: a read of
+    /// that bucket gets it, whatever the retention of minute buckets says now (as a
+    /// fold would add it).
+    #[test]
+    fn an_earlier_versions_line_of_a_series_minute_is_read_into_that_bucket() {
+        let entries = vec!["tok-1\nd2r1:b:m:60:0000000000000007 999999999 started 2".to_owned()];
+        let keys = ["d2r1:b:m:60:0000000000000007".to_owned()];
+        for now_secs in [1_000, 1_000_000] {
+            let read = journal_read_at(&entries, &keys, false, now_secs).unwrap();
+            assert_eq!(read, journal_read_at(&entries, &keys, true, now_secs).unwrap());
+            assert_eq!(read[0].get("started"), Some(&2), "at {now_secs}");
+        }
     }
 
     #[test]
