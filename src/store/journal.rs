@@ -8,9 +8,10 @@
 //!
 //! A flusher then folds the journal into the buckets ([`crate::store::bucket`]): it reads
 //! the oldest entries, adds up their increments, reads the buckets they touch, adds the
-//! sums and runs `lua/flush.lua`, which writes the buckets and removes exactly those
-//! entries, atomically, and only if the oldest entry is still the one it read (else
-//! another flusher got there first and nothing happens). A query reads the journal beside
+//! sums, stages each new bucket value under a key of its own and runs `lua/flush.lua`,
+//! which renames the staged values over the buckets and removes exactly those entries,
+//! atomically, and only if the oldest entry is still the one it read (else another
+//! flusher got there first and nothing happens but the staged values' deletion). A query reads the journal beside
 //! the buckets and adds it in, so it sees every acknowledged event, folded or not.
 //!
 //! An entry is text: a line with its token (unique per round), then one line per series

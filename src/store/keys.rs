@@ -44,6 +44,13 @@ pub fn journal(prefix: &str) -> String {
     format!("{prefix}:j")
 }
 
+/// Where a fold stages the new value of the bucket `key` before its script renames it
+/// over the bucket (`store/lua/flush.lua`); `token` is unique per fold. Same hash slot
+/// as `key`.
+pub fn staged(key: &str, token: &str) -> String {
+    format!("{key}:staged:{token}")
+}
+
 /// The task prefix of a [`journal`] key.
 pub fn journal_prefix(key: &str) -> Option<&str> {
     key.strip_suffix(":j")

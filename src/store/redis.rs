@@ -236,9 +236,9 @@ const FOLD_DELAY: Duration = Duration::from_secs(5);
 /// stream load; 72 at 2,048, and p99 32 and 23 ms against 14 and 19 ms).
 const FOLD_MAX_ENTRIES: isize = 2048;
 /// Distinct (series, minute, field) one fold sums, at most (unless one entry alone has
-/// more), before it writes them: this bounds the buckets one fold script writes (a
-/// script blocks Redis while it runs, though writing a whole bucket is one `SET`). Each
-/// rolls up into as many as six buckets.
+/// more), before it writes them: this bounds the buckets one fold writes (its script
+/// renames each into place, a few microseconds of Redis per bucket). Each rolls up into
+/// as many as six buckets.
 ///
 /// A busy task's few seconds of journal hold thousands of distinct fields (a dozen
 /// series, each with a couple of hundred HDR bins in a minute), so at 5,000 its journal
@@ -249,6 +249,11 @@ const FOLD_MAX_ENTRIES: isize = 2048;
 /// against 3.06 µs, five 8 s runs each, side by side), and the unary open loop's p99
 /// did not grow.
 const FOLD_MAX_FIELDS: usize = 20_000;
+/// How long a fold's staged bucket value lives if its script never runs (the fold
+/// stopped between staging and committing): far longer than a fold takes.
+const STAGED_TTL_MS: u64 = 300_000;
+/// Staged bucket values sent in one pipeline.
+const STAGE_CHUNK: usize = 256;
 /// Journals folded at once by the flusher: few, so folds do not queue up behind each
 /// other in Redis.
 const FOLD_CONCURRENCY: usize = 2;
@@ -566,8 +571,8 @@ impl RedisStore {
             .await?;
             entries = back;
             let (rolled, n) = summed.map_err(|e| StoreError::Internal(e.to_string()))?;
-            // Read the buckets, add, write them back whole: the script writes them only if
-            // no other fold ran in between (see `lua/flush.lua`).
+            // Read the buckets, add, write them back whole: the script puts them in place
+            // only if no other fold ran in between (see `lua/flush.lua`).
             let hashes: Vec<(String, BucketSums)> = rolled
                 .into_iter()
                 .map(|(suffix, sums)| (format!("{prefix}:{suffix}"), sums))
@@ -587,17 +592,42 @@ impl RedisStore {
                     .collect::<Result<Vec<_>, StoreError>>()
             })
             .await??;
+            // The new values go to staged keys first, as plain `SET`s, which Redis runs
+            // between other clients' commands; the script then only renames them (see
+            // `lua/flush.lua`).
+            let token = self.next_token();
+            let staged: Vec<String> = buckets.iter().map(|(key, _, _)| keys::staged(key, &token)).collect();
+            for chunk in buckets.iter().zip(&staged).collect::<Vec<_>>().chunks(STAGE_CHUNK) {
+                let mut pipe = redis::pipe();
+                for ((_, _, bucket), staged) in chunk {
+                    pipe.cmd("SET")
+                        .arg(staged)
+                        .arg(bucket)
+                        .arg("PX")
+                        .arg(STAGED_TTL_MS)
+                        .ignore();
+                }
+                pipe.query_async::<()>(conn).await.map_err(store_error)?;
+            }
             let mut inv = self.flush_script.prepare_invoke();
             inv.key(keys::journal(prefix))
                 .arg(n)
                 .arg(journal::token(&entries[start]))
                 .arg(self.journal_ttl_ms);
-            for (key, expire_at_ms, bucket) in &buckets {
-                inv.key(key).arg(*expire_at_ms).arg(bucket);
+            for ((key, expire_at_ms, _), staged) in buckets.iter().zip(&staged) {
+                inv.key(key).key(staged).arg(*expire_at_ms);
             }
             let folded: i64 = inv.invoke_async(conn).await.map_err(store_error)?;
-            if folded != 1 {
-                return Ok(false);
+            match folded {
+                1 => {}
+                0 => return Ok(false),
+                _ => {
+                    return Err(StoreError::Unavailable(format!(
+                        "a fold of `{prefix}` found a staged bucket value gone (it was staged more than \
+                         {STAGED_TTL_MS} ms before, or evicted: Redis must run with maxmemory-policy \
+                         noeviction); nothing was folded, the next pass retries"
+                    )));
+                }
             }
             start += n;
         }

@@ -609,6 +609,11 @@ mod journal {
         assert_eq!(redis.cli(&["exists", JOURNAL]).trim(), "0", "folded");
         let folded = day_total(&a, t).await;
         assert_eq!(folded, (acked as i64, acked as i64), "folding kept every count once");
+        assert_eq!(
+            redis.cli(&["keys", "*:staged:*"]).trim(),
+            "",
+            "every staged bucket value was renamed over its bucket or deleted"
+        );
     }
 
     /// A replica that stopped before folding leaves its journal behind; the next replica
@@ -631,36 +636,45 @@ mod journal {
         assert_eq!(day_total(&next, t).await, (10, 10), "read from the buckets alone");
     }
 
-    /// The fold script itself: it writes a fold's buckets only while the journal still
-    /// starts with the entries the flusher read (so nothing changed the buckets since it
-    /// read them), so a stale or concurrent flusher changes nothing.
+    /// The fold script itself: it renames a fold's staged values over its buckets only
+    /// while the journal still starts with the entries the flusher read (so nothing
+    /// changed the buckets since it read them), so a stale or concurrent flusher changes
+    /// nothing; a refused fold deletes what it staged; a fold whose staged value is gone
+    /// changes nothing.
     #[test]
     fn a_fold_applies_only_to_the_entries_it_read() {
         let redis = RedisServer::start(RedisOptions::default());
         let script = include_str!("../../src/store/lua/flush.lua");
         let bucket = "tt:v2:{default|checkout}:b";
-        // Folds `n` entries starting with `token`, writing the bucket `x <x>`.
-        let fold = |n: &str, token: &str, x: &str| {
+        let staged = "tt:v2:{default|checkout}:b:staged:f1";
+        let run = |n: &str, token: &str| {
             redis
                 .cli(&[
                     "eval",
                     script,
-                    "2",
+                    "3",
                     JOURNAL,
                     bucket,
+                    staged,
                     n,
                     token,
                     "60000",
                     "99999999999999",
-                    &format!("x {x}"),
                 ])
                 .trim()
                 .to_owned()
         };
+        // Stages the bucket `x <x>`, then folds `n` entries starting with `token`.
+        let fold = |n: &str, token: &str, x: &str| {
+            redis.cli(&["set", staged, &format!("x {x}"), "PX", "60000"]);
+            run(n, token)
+        };
         let x = || redis.cli(&["get", bucket]).trim().to_owned();
+        let staged_exists = || redis.cli(&["exists", staged]).trim() == "1";
         redis.cli(&["rpush", JOURNAL, "t1\nb 1 x 2", "t2\nb 1 x 3"]);
         assert_eq!(fold("2", "t1", "5"), "1");
         assert_eq!(x(), "x 5");
+        assert!(!staged_exists(), "the staged value was renamed over the bucket");
         assert_eq!(redis.cli(&["exists", JOURNAL]).trim(), "0", "both entries removed");
         assert_eq!(
             fold("2", "t1", "10"),
@@ -668,6 +682,7 @@ mod journal {
             "a stale flusher's second try changes nothing"
         );
         assert_eq!(x(), "x 5");
+        assert!(!staged_exists(), "a refused fold deletes what it staged");
 
         redis.cli(&["rpush", JOURNAL, "t3\nb 1 x 1", "t4\nb 1 x 1", "t5\nb 1 x 1"]);
         assert_eq!(fold("1", "t3", "6"), "1");
@@ -679,11 +694,17 @@ mod journal {
             "2",
             "a refused fold removes nothing"
         );
+        assert_eq!(run("2", "t4"), "-1", "nothing staged (it expired): refused");
+        assert_eq!(x(), "x 6");
+        assert_eq!(redis.cli(&["llen", JOURNAL]).trim(), "2", "and nothing removed");
         assert_eq!(fold("2", "t4", "8"), "1");
         assert_eq!(x(), "x 8");
         assert_eq!(redis.cli(&["exists", JOURNAL]).trim(), "0");
         let ttl: i64 = redis.cli(&["pttl", bucket]).trim().parse().expect("a number");
-        assert!(ttl > 0, "a bucket a fold writes expires (PTTL {ttl})");
+        assert!(
+            ttl > 60_000,
+            "a folded bucket expires when the bucket does, not when its staged value would (PTTL {ttl})"
+        );
     }
 
     /// A read merges a short journal itself, but folds a long one first, so reads do not
