@@ -137,6 +137,8 @@ struct Pending {
     last: Option<Instant>,
     /// Its length after that append.
     len: i64,
+    /// Bytes this process appended to it since `since`.
+    bytes: usize,
 }
 
 impl Pending {
@@ -145,29 +147,43 @@ impl Pending {
         since: None,
         last: None,
         len: 0,
+        bytes: 0,
     };
 
-    fn new(now: Instant, len: i64) -> Self {
+    fn new(now: Instant, len: i64, bytes: usize) -> Self {
         Pending {
             since: Some(now),
             last: Some(now),
             len,
+            bytes,
         }
     }
 
-    fn appended(&mut self, now: Instant, len: i64) {
+    fn appended(&mut self, now: Instant, len: i64, bytes: usize) {
         self.last = Some(now);
         self.len = len;
+        self.bytes += bytes;
     }
 
     /// Whether a fold is worth its cost now. A fold rewrites every bucket it touches
     /// whole, so it waits for a batch of entries to spread that over: it folds once the
-    /// journal is a fold's worth ([`FOLD_MAX_ENTRIES`]), once its first entry has waited
-    /// [`FOLD_DELAY`], or as soon as nothing was appended for [`FOLD_QUIET`] (the load
-    /// stopped: nothing more to batch with).
+    /// journal is a fold's worth ([`FOLD_MAX_ENTRIES`]); once its first entry has waited
+    /// [`FOLD_DELAY`], if [`FOLD_MIN_BYTES`] were appended by then, else once it has
+    /// waited [`FOLD_MAX_DELAY`]; or as soon as nothing was appended for [`FOLD_QUIET`]
+    /// (the load stopped: nothing more to batch with).
     fn due(&self, now: Instant) -> bool {
         let waited = |at: Option<Instant>, d: Duration| at.is_none_or(|t| now.duration_since(t) >= d);
-        self.len >= FOLD_MAX_ENTRIES as i64 || waited(self.since, FOLD_DELAY) || waited(self.last, FOLD_QUIET)
+        self.len >= FOLD_MAX_ENTRIES as i64
+            || (waited(self.since, FOLD_DELAY) && self.bytes >= FOLD_MIN_BYTES)
+            || waited(self.since, FOLD_MAX_DELAY)
+            || waited(self.last, FOLD_QUIET)
+    }
+
+    /// Whether the flusher has fallen behind on this journal: longer than
+    /// [`FOLD_BACKLOG`] entries, or [`FOLD_BACKLOG_BYTES`] appended by this process and
+    /// not folded.
+    fn behind(&self) -> bool {
+        self.len > FOLD_BACKLOG || self.bytes > FOLD_BACKLOG_BYTES
     }
 }
 
@@ -226,15 +242,31 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
 pub const FOLD_EVERY: Duration = Duration::from_millis(1000);
 /// A journal nothing was appended to for this long is folded at the next pass.
 const FOLD_QUIET: Duration = Duration::from_millis(500);
-/// Longest a journal entry waits to be folded while appends keep coming (see
-/// [`Pending::due`]). Queries read the journal too, so this delays nothing anyone sees.
+/// How long a journal entry waits to be folded while appends keep coming, when the
+/// journal has grown by [`FOLD_MIN_BYTES`] by then (see [`Pending::due`]). Queries read
+/// the journal too, so this delays nothing anyone sees.
 const FOLD_DELAY: Duration = Duration::from_secs(5);
+/// What a journal must have grown by for a fold after [`FOLD_DELAY`]; a journal that
+/// grows slower waits up to [`FOLD_MAX_DELAY`]. A fold costs about the same whatever it
+/// adds (it rewrites whole the buckets it touches: an hour bucket of a busy series is
+/// ~16 KB), so folding a slow journal every 5 s cost the most for the least. Under unary
+/// calls at 10,000/s after a stream load the 50 bench tasks were folded 10 times a
+/// second (120-122 folds in 12 s); with this rule and [`FOLD_MAX_ENTRIES`] at 8,192, 13-16.
+/// That open loop's p99 was 4.2-4.9 ms with no folding at all against 13.8-42 ms with it
+/// (two runs each); fewer folds gave 6.3-10.5 ms against 18.7-25.2 ms in one set of runs
+/// and moved less than the machine's noise in another. Streams append this much within the
+/// delay (a busy task ~600 KB/s, the least busy ~45 KB/s), so they fold as before.
+const FOLD_MIN_BYTES: usize = 256 * 1024;
+/// Longest a journal entry waits to be folded while appends keep coming.
+const FOLD_MAX_DELAY: Duration = Duration::from_secs(30);
 /// Most journal entries read at once, and the length at which a journal is folded. A fold
 /// rewrites every bucket it touches whole, so few large folds beat many small ones: under
 /// unary calls (an entry of one or two events per round) 512 meant a busy task's hour and
 /// day buckets were rewritten twice a second (202 folds in 10 s at 10,000 calls/s after a
-/// stream load; 72 at 2,048, and p99 32 and 23 ms against 14 and 19 ms).
-const FOLD_MAX_ENTRIES: isize = 2048;
+/// stream load; 72 at 2,048, and p99 32 and 23 ms against 14 and 19 ms). At 2,048 the
+/// busiest tasks still folded every second or two (see [`FOLD_MIN_BYTES`]). A stream's
+/// journal, whose entries are larger, reaches [`FOLD_MIN_BYTES`] long before this.
+const FOLD_MAX_ENTRIES: isize = 8192;
 /// Distinct (series, minute, field) one fold sums, at most (unless one entry alone has
 /// more), before it writes them: this bounds the buckets one fold writes (its script
 /// renames each into place, a few microseconds of Redis per bucket). Each rolls up into
@@ -263,6 +295,10 @@ const FOLDS_PER_PASS: usize = 16;
 /// Journal entries beyond which a commit round folds before it answers (one round at a
 /// time per task in this process): a safety valve for when the flusher falls behind.
 const FOLD_BACKLOG: i64 = 2 * FOLD_MAX_ENTRIES as i64;
+/// Bytes this process appended to a journal and has not folded beyond which a commit
+/// round folds before it answers, as for [`FOLD_BACKLOG`]: a stream's entries are large
+/// (a busy task's journal grows by ~600 KB/s), so they reach this first.
+const FOLD_BACKLOG_BYTES: usize = 16 * 1024 * 1024;
 /// How often a read retries when flushers keep folding the journal while it reads.
 const READ_ATTEMPTS: usize = 64;
 /// Journal entries a read merges itself; a longer journal it folds first.
@@ -850,22 +886,28 @@ impl RedisStore {
                 .map_err(store_error)?;
             if let [0, journal_len] = reply[..] {
                 self.remember_starts(task_seed, &plan.instance_writes);
-                if !entry.is_empty() {
+                let behind = !entry.is_empty() && {
                     let now = Instant::now();
                     let mut dirty = self.lock_dirty();
-                    match dirty.get_mut(prefix) {
-                        Some(pending) => pending.appended(now, journal_len),
-                        None => {
-                            dirty.insert(prefix.to_owned(), Pending::new(now, journal_len));
-                        }
-                    }
-                }
-                if journal_len > FOLD_BACKLOG && self.lock_helping().insert(prefix.to_owned()) {
+                    let pending = dirty
+                        .entry(prefix.to_owned())
+                        .and_modify(|p| p.appended(now, journal_len, entry.len()))
+                        .or_insert_with(|| Pending::new(now, journal_len, entry.len()));
+                    pending.behind()
+                };
+                if behind && self.lock_helping().insert(prefix.to_owned()) {
                     // The flusher is behind: this round helps it before it answers, which
                     // slows ingest down to what can be folded (else the journal grows
                     // without bound). The round is committed whatever happens here.
-                    if let Err(e) = self.fold_head(prefix).await {
-                        tracing::debug!(error = %e, "cannot help fold the journal");
+                    match self.fold_head(prefix).await {
+                        Ok(Folded::All) => {
+                            // Nothing left of what this process appended.
+                            if let Some(pending) = self.lock_dirty().get_mut(prefix) {
+                                pending.bytes = 0;
+                            }
+                        }
+                        Ok(Folded::More | Folded::Raced) => {}
+                        Err(e) => tracing::debug!(error = %e, "cannot help fold the journal"),
                     }
                     self.lock_helping().remove(prefix);
                 }
@@ -1172,22 +1214,32 @@ mod tests {
     fn a_journal_is_folded_when_long_old_or_quiet() {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let mut busy = Pending::new(t0, 1);
-        for ms in (100..=4_900).step_by(100) {
-            busy.appended(at(ms), 1 + ms as i64 / 100);
-            assert!(
-                !busy.due(at(ms + 50)),
-                "appends keep coming, short and young at {ms} ms"
-            );
-        }
-        busy.appended(at(5_000), 60);
-        assert!(busy.due(at(5_050)), "the first entry has waited FOLD_DELAY");
+        // Appends every 100 ms, `per` bytes each: not due while they keep coming, until
+        // the first has waited `due_at` ms.
+        let busy = |per: usize, due_at: u64| {
+            let mut busy = Pending::new(t0, 1, per);
+            for ms in (100..due_at).step_by(100) {
+                busy.appended(at(ms), 1 + ms as i64 / 100, per);
+                assert!(
+                    !busy.due(at(ms + 50)),
+                    "appends of {per} bytes keep coming, short and young at {ms} ms"
+                );
+            }
+            busy.appended(at(due_at), 1 + due_at as i64 / 100, per);
+            assert!(busy.due(at(due_at + 50)), "appends of {per} bytes: due at {due_at} ms");
+        };
+        // 50 appends by FOLD_DELAY: FOLD_MIN_BYTES by then (a stream's journal).
+        busy(FOLD_MIN_BYTES / 40, 5_000);
+        // Far less by then (a journal of single events): it waits for FOLD_MAX_DELAY...
+        busy(100, 30_000);
+        // ... or until it holds FOLD_MIN_BYTES, after FOLD_DELAY.
+        busy(FOLD_MIN_BYTES.div_ceil(100), 9_900);
 
-        let mut long = Pending::new(t0, 1);
-        long.appended(at(10), FOLD_MAX_ENTRIES as i64);
+        let mut long = Pending::new(t0, 1, 10);
+        long.appended(at(10), FOLD_MAX_ENTRIES as i64, 10);
         assert!(long.due(at(20)), "a fold's worth of entries");
 
-        let quiet = Pending::new(t0, 3);
+        let quiet = Pending::new(t0, 3, 10);
         assert!(!quiet.due(at(400)));
         assert!(quiet.due(at(500)), "nothing appended for FOLD_QUIET");
         assert!(Pending::LEFT_BEHIND.due(t0), "found at start: at once");
