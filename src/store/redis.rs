@@ -500,7 +500,8 @@ impl RedisStore {
             match outcome {
                 Some((failed, error)) if !failing => {
                     failing = true;
-                    tracing::warn!(journals = failed, %error, "cannot fold journals into the buckets; retrying every {FOLD_EVERY:?} (queries still see every event)");
+                    let waiting = self.lock_dirty().len();
+                    tracing::warn!(failed, waiting, %error, "cannot fold journals into the buckets; retrying every {FOLD_EVERY:?} (queries still see every event)");
                 }
                 None if failing => {
                     failing = false;
@@ -512,8 +513,11 @@ impl RedisStore {
     }
 
     /// One pass of the flusher over the journals marked dirty that are due (all of them
-    /// when `all`: the last pass before the process stops, which ends at the first fold
-    /// Redis did not answer); how many failed, and the first error.
+    /// when `all`: the last pass before the process stops); how many failed, and the
+    /// first error. A pass ends at the first fold Redis did not answer: each further one
+    /// would wait for the connection's retries in turn (about half a second each: with 50
+    /// journals due, a pass took 13 s, and a stop behind it its whole grace period). The
+    /// journals it did not fold stay marked for the next pass.
     async fn fold_dirty(&self, all: bool) -> Option<(usize, StoreError)> {
         let now = Instant::now();
         let due: Vec<(String, Pending)> = {
@@ -527,6 +531,8 @@ impl RedisStore {
                 .filter_map(|prefix| dirty.remove_entry(&prefix))
                 .collect()
         };
+        // What a pass cut short must not forget (the stream below owns `due`).
+        let mut unfinished: HashMap<String, Pending> = due.iter().cloned().collect();
         let mut results = futures::stream::iter(due)
             .map(|(prefix, pending)| async move {
                 let mut outcome = self.fold_head(&prefix).await;
@@ -552,16 +558,22 @@ impl RedisStore {
                     true
                 }
             };
+            unfinished.remove(&prefix);
             if again {
                 // Still due; a round that appended meanwhile has put its own times in.
                 self.lock_dirty().entry(prefix).or_insert(pending);
             }
-            if all && unreachable {
-                // The last pass before the process stops: Redis did not answer, and each
-                // further fold would wait for it in turn (seconds each) while the process
-                // should be exiting. The journals stay in Redis; the next replica to
-                // start folds them.
+            if unreachable {
+                // Redis did not answer: the journals stay in Redis (at the last pass before
+                // the process stops, the next replica to start folds them).
                 break;
+            }
+        }
+        drop(results);
+        if !unfinished.is_empty() {
+            let mut dirty = self.lock_dirty();
+            for (prefix, pending) in unfinished {
+                dirty.entry(prefix).or_insert(pending);
             }
         }
         failed

@@ -722,3 +722,46 @@ async fn readiness_follows_redis_going_away_and_coming_back_while_liveness_stays
     .await
     .expect("test finished in time");
 }
+
+/// A service whose Redis is gone stops within its drain period and a few seconds, not
+/// its whole grace period, however many journals are due: a flusher pass ends at the
+/// first fold Redis does not answer (it used to try every due journal, half a second of
+/// connection retries each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_redis_gone_and_many_journals_due_exits_before_the_grace_period() {
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let mut redis = RedisServer::start(RedisOptions::default());
+        let (drain, grace) = (Duration::from_millis(500), Duration::from_secs(20));
+        let mut service = serve(&[
+            "--redis-url",
+            &redis.url(),
+            "--drain-period",
+            "500ms",
+            "--grace-period",
+            "20s",
+        ])
+        .await;
+        let mut ingest = service.ingest().await;
+        let t = now() - MINUTE;
+        // One event in each of 40 tasks: 40 journals to fold.
+        let events = (0..40)
+            .map(|i| completed(&format!("gone-{i}"), "a", t, SEC, pb::Outcome::Succeeded, &[]))
+            .collect();
+        assert_eq!(record(&mut ingest, events).await.accepted, 40);
+        redis.kill();
+        // The flusher's next pass (every second) finds Redis gone.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+
+        send_signal(service.child.id(), "TERM");
+        let term_at = Instant::now();
+        let status = await_exit(&mut service, grace + Duration::from_secs(30)).await;
+        let took = term_at.elapsed();
+        assert!(status.success(), "exit status 0 after SIGTERM, got {status:?}");
+        assert!(
+            took < drain + Duration::from_secs(5),
+            "exited {took:?} after SIGTERM with Redis gone and 40 journals due; drain {drain:?}, grace {grace:?}"
+        );
+    })
+    .await
+    .expect("test finished in time");
+}
