@@ -901,11 +901,18 @@ impl RedisStore {
                 let behind = !entry.is_empty() && {
                     let now = Instant::now();
                     let mut dirty = self.lock_dirty();
-                    let pending = dirty
-                        .entry(prefix.to_owned())
-                        .and_modify(|p| p.appended(now, journal_len, entry.len()))
-                        .or_insert_with(|| Pending::new(now, journal_len, entry.len()));
-                    pending.behind()
+                    // `get_mut` first: `entry` would allocate the key on every round.
+                    match dirty.get_mut(prefix) {
+                        Some(pending) => {
+                            pending.appended(now, journal_len, entry.len());
+                            pending.behind()
+                        }
+                        None => {
+                            let pending = Pending::new(now, journal_len, entry.len());
+                            dirty.insert(prefix.to_owned(), pending);
+                            pending.behind()
+                        }
+                    }
                 };
                 if behind && self.lock_helping().insert(prefix.to_owned()) {
                     // The flusher is behind: this round helps it before it answers, which
