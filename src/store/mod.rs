@@ -2,6 +2,7 @@
 //! not durable) and [`RedisStore`]. Both run the same pairing plan
 //! ([`crate::ingest::plan`]) and the same key schema ([`keys`]), so they answer alike.
 
+mod background;
 mod bucket;
 mod journal;
 pub mod keys;

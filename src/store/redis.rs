@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands as _, RedisError};
 
+use super::background::FoldThread;
 use super::bucket;
 use super::journal::{self, BucketSums, Sums};
 use super::sealed;
@@ -58,6 +59,8 @@ pub struct RedisStore {
     /// `HSCAN` queued behind a fold's megabytes waits for them, and a build is a hundred
     /// `HSCAN`s in a row.
     scan_conn: ConnectionManager,
+    /// Where folds compute, at the lowest CPU priority (see [`background`]).
+    fold_thread: FoldThread,
     sem: Arc<Semantics>,
     script: Arc<redis::Script>,
     generations: Generations,
@@ -229,13 +232,6 @@ impl<T: std::hash::Hash + Eq> Remembered<T> {
     fn insert(&mut self, item: T) {
         self.items.insert(item);
     }
-}
-
-/// Runs `work` on tokio's blocking pool (CPU that would hold up a runtime thread).
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| StoreError::Internal(format!("a fold's computation failed: {e}")))
 }
 
 /// How often the flusher looks for journals due to be folded ([`Pending::due`]).
@@ -426,6 +422,8 @@ impl RedisStore {
         let conn = connect()?;
         let fold_conn = connect()?;
         let scan_conn = connect()?;
+        let fold_thread = FoldThread::start()
+            .map_err(|e| StoreError::Internal(format!("cannot start the thread that folds journals: {e}")))?;
         let journal_ttl_ms = crate::buckets::Resolution::ALL
             .iter()
             .map(|res| (res.secs() + sem.retention.of(*res)) * 1000)
@@ -435,6 +433,7 @@ impl RedisStore {
             conn,
             fold_conn,
             scan_conn,
+            fold_thread,
             generations: Generations::new(&sem),
             sem,
             script: Arc::new(redis::Script::new(include_str!("lua/commit.lua"))),
@@ -449,6 +448,14 @@ impl RedisStore {
             filters: Arc::new(sealed::Filters::default()),
             filter_builds: Arc::new(tokio::sync::Semaphore::new(sealed::BUILDS_AT_ONCE)),
         })
+    }
+
+    /// Runs a fold's computation on the fold thread.
+    async fn compute<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, StoreError> {
+        self.fold_thread
+            .run(work)
+            .await
+            .map_err(|e| StoreError::Internal(e.to_string()))
     }
 
     fn next_token(&self) -> String {
@@ -603,20 +610,20 @@ impl RedisStore {
     ///
     /// Summing the entries and adding the sums into the stored buckets take milliseconds
     /// of CPU (2,048 entries of a busy task: 1-12 ms measured under unary calls, a whole
-    /// bucket rewritten per key), so both run on tokio's blocking pool: on a runtime
-    /// thread they held up every commit and RPC queued behind them, and the slowest
-    /// unary calls were the ones that overlapped a fold.
+    /// bucket rewritten per key), so both run on the fold thread, at the lowest CPU
+    /// priority (see [`super::background`]).
     async fn fold(&self, conn: &mut ConnectionManager, prefix: &str, entries: Vec<String>) -> Result<bool, StoreError> {
         let retention = self.sem.retention;
         let mut entries = entries;
         let mut start = 0;
         while start < entries.len() {
-            let (back, summed) = blocking(move || {
-                let summed = Sums::of_head(&entries[start..], FOLD_MAX_FIELDS)
-                    .map(|(sums, n)| (sums.buckets(&retention, unix_now_secs()), n));
-                (entries, summed)
-            })
-            .await?;
+            let (back, summed) = self
+                .compute(move || {
+                    let summed = Sums::of_head(&entries[start..], FOLD_MAX_FIELDS)
+                        .map(|(sums, n)| (sums.buckets(&retention, unix_now_secs()), n));
+                    (entries, summed)
+                })
+                .await?;
             entries = back;
             let (rolled, n) = summed.map_err(|e| StoreError::Internal(e.to_string()))?;
             // Read the buckets, add, write them back whole: the script puts them in place
@@ -627,19 +634,20 @@ impl RedisStore {
                 .collect();
             let keys: Vec<&str> = hashes.iter().map(|(key, _)| key.as_str()).collect();
             let stored = self.read_stored(conn, &keys).await?;
-            let buckets = blocking(move || {
-                hashes
-                    .into_iter()
-                    .zip(stored)
-                    .map(|((key, (expire_at_ms, fields)), stored)| {
-                        match bucket::add_deltas(stored.as_deref().unwrap_or(""), &fields) {
-                            Ok(bucket) => Ok((key, expire_at_ms, bucket)),
-                            Err(e) => Err(StoreError::Internal(format!("bucket `{key}`: {e}"))),
-                        }
-                    })
-                    .collect::<Result<Vec<_>, StoreError>>()
-            })
-            .await??;
+            let buckets = self
+                .compute(move || {
+                    hashes
+                        .into_iter()
+                        .zip(stored)
+                        .map(|((key, (expire_at_ms, fields)), stored)| {
+                            match bucket::add_deltas(stored.as_deref().unwrap_or(""), &fields) {
+                                Ok(bucket) => Ok((key, expire_at_ms, bucket)),
+                                Err(e) => Err(StoreError::Internal(format!("bucket `{key}`: {e}"))),
+                            }
+                        })
+                        .collect::<Result<Vec<_>, StoreError>>()
+                })
+                .await??;
             // The new values go to staged keys first, as plain `SET`s, which Redis runs
             // between other clients' commands; the script then only renames them (see
             // `lua/flush.lua`).
