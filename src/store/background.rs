@@ -1,4 +1,4 @@
-//! Where folds compute: a thread of their own, at the lowest CPU priority.
+//! Where folds compute: threads of their own, at the lowest CPU priority.
 //!
 //! Summing a journal's entries and adding the sums into the buckets take milliseconds of
 //! CPU per fold (tens of milliseconds for a busy task's 8,192 entries on a loaded
@@ -8,54 +8,65 @@
 //! needed: unary calls that overlapped a burst of folds waited 4-20 ms for their commit
 //! script's reply (measured per commit, stop 25). Folding is background work (a query
 //! reads the journal too, so no one waits for a fold), so here it gets the CPU the
-//! request path leaves: on Linux this thread's nice value is [`NICE`]. When folding falls
+//! request path leaves: on Linux these threads' nice value is [`NICE`]. When folding falls
 //! behind, commit rounds wait for it before they answer (see `Pending::behind`), so ingest
 //! still slows down to what can be folded.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 
-/// The fold thread's nice value (Linux: 19 is the lowest priority; the runtime's threads
+/// The fold threads' nice value (Linux: 19 is the lowest priority; the runtime's threads
 /// stay at the process' own).
 pub(crate) const NICE: i32 = 19;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// A handle on the fold thread. Cheap to clone; the thread ends when the last handle is
+/// A handle on the fold threads. Cheap to clone; the threads end when the last handle is
 /// dropped.
 #[derive(Clone, Debug)]
-pub(crate) struct FoldThread {
+pub(crate) struct FoldThreads {
     jobs: mpsc::Sender<Job>,
 }
 
-/// Why a computation on the fold thread gave no result.
+/// Why a computation on a fold thread gave no result.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum FoldThreadError {
-    #[error("the fold thread is gone")]
+    #[error("the fold threads are gone")]
     Gone,
     #[error("a fold's computation panicked: {0}")]
     Panicked(String),
 }
 
-impl FoldThread {
-    /// Starts the thread.
+impl FoldThreads {
+    /// Starts `threads` threads (at least one): as many as folds run at once, so that
+    /// two folds do not queue for one thread's CPU when the machine has cores to spare
+    /// (after a load, or on a machine with more cores than this one's two).
     ///
     /// # Errors
     /// When the OS cannot start a thread.
-    pub(crate) fn start() -> std::io::Result<Self> {
+    pub(crate) fn start(threads: usize) -> std::io::Result<Self> {
         let (jobs, queue) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("tasktime-fold".into())
-            .spawn(move || {
-                lower_priority();
-                while let Ok(job) = queue.recv() {
-                    job();
-                }
-            })?;
-        Ok(FoldThread { jobs })
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..threads.max(1) {
+            let queue = Arc::clone(&queue);
+            std::thread::Builder::new()
+                .name(format!("tasktime-fold-{i}"))
+                .spawn(move || {
+                    lower_priority();
+                    loop {
+                        // The lock is held only while waiting for the next job.
+                        let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(mpsc::RecvError) => break,
+                        }
+                    }
+                })?;
+        }
+        Ok(FoldThreads { jobs })
     }
 
-    /// Runs `work` on the fold thread and waits for its result. A panic in `work` is
+    /// Runs `work` on a fold thread and waits for its result. A panic in `work` is
     /// returned as an error; the thread goes on with the next job.
     ///
     /// # Errors
@@ -91,7 +102,7 @@ impl FoldThread {
 fn lower_priority() {
     let thread = rustix::thread::gettid();
     if let Err(e) = rustix::process::setpriority_process(Some(thread), NICE) {
-        tracing::warn!(error = %e, nice = NICE, "cannot lower the fold thread's CPU priority; folds compete with requests for the CPU");
+        tracing::warn!(error = %e, nice = NICE, "cannot lower a fold thread's CPU priority; folds compete with requests for the CPU");
     }
 }
 
@@ -104,7 +115,7 @@ mod tests {
 
     #[tokio::test]
     async fn runs_work_and_survives_a_panic() {
-        let thread = FoldThread::start().expect("a thread starts");
+        let thread = FoldThreads::start(1).expect("a thread starts");
         assert_eq!(thread.run(|| 6 * 7).await.expect("runs"), 42);
         let err = thread
             .run(|| -> u32 { panic!("bad bucket") })
@@ -120,13 +131,26 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[tokio::test]
-    async fn the_thread_runs_at_the_lowest_priority() {
-        let thread = FoldThread::start().expect("a thread starts");
-        let nice = thread
-            .run(|| rustix::process::getpriority_process(Some(rustix::thread::gettid())))
-            .await
-            .expect("runs")
-            .expect("getpriority");
-        assert_eq!(nice, NICE);
+    async fn every_thread_runs_at_the_lowest_priority() {
+        let threads = FoldThreads::start(2).expect("threads start");
+        // Both threads wait at a barrier, so the two jobs run on different threads.
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let job = |barrier: Arc<std::sync::Barrier>| {
+            move || {
+                barrier.wait();
+                let tid = rustix::thread::gettid();
+                (
+                    tid,
+                    rustix::process::getpriority_process(Some(tid)).expect("getpriority"),
+                )
+            }
+        };
+        let (a, b) = tokio::join!(
+            threads.run(job(Arc::clone(&barrier))),
+            threads.run(job(Arc::clone(&barrier)))
+        );
+        let (a, b) = (a.expect("runs"), b.expect("runs"));
+        assert_ne!(a.0, b.0, "two threads ran them");
+        assert_eq!((a.1, b.1), (NICE, NICE));
     }
 }

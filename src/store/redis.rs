@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands as _, RedisError};
 
-use super::background::FoldThread;
+use super::background::FoldThreads;
 use super::bucket;
 use super::journal::{self, BucketSums, Sums};
 use super::sealed;
@@ -59,8 +59,8 @@ pub struct RedisStore {
     /// `HSCAN` queued behind a fold's megabytes waits for them, and a build is a hundred
     /// `HSCAN`s in a row.
     scan_conn: ConnectionManager,
-    /// Where folds compute, at the lowest CPU priority (see [`background`]).
-    fold_thread: FoldThread,
+    /// Where folds compute, at the lowest CPU priority (see [`super::background`]).
+    fold_threads: FoldThreads,
     sem: Arc<Semantics>,
     script: Arc<redis::Script>,
     generations: Generations,
@@ -422,8 +422,8 @@ impl RedisStore {
         let conn = connect()?;
         let fold_conn = connect()?;
         let scan_conn = connect()?;
-        let fold_thread = FoldThread::start()
-            .map_err(|e| StoreError::Internal(format!("cannot start the thread that folds journals: {e}")))?;
+        let fold_threads = FoldThreads::start(FOLD_CONCURRENCY)
+            .map_err(|e| StoreError::Internal(format!("cannot start the threads that fold journals: {e}")))?;
         let journal_ttl_ms = crate::buckets::Resolution::ALL
             .iter()
             .map(|res| (res.secs() + sem.retention.of(*res)) * 1000)
@@ -433,7 +433,7 @@ impl RedisStore {
             conn,
             fold_conn,
             scan_conn,
-            fold_thread,
+            fold_threads,
             generations: Generations::new(&sem),
             sem,
             script: Arc::new(redis::Script::new(include_str!("lua/commit.lua"))),
@@ -450,9 +450,9 @@ impl RedisStore {
         })
     }
 
-    /// Runs a fold's computation on the fold thread.
+    /// Runs a fold's computation on a fold thread.
     async fn compute<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, StoreError> {
-        self.fold_thread
+        self.fold_threads
             .run(work)
             .await
             .map_err(|e| StoreError::Internal(e.to_string()))
@@ -610,7 +610,7 @@ impl RedisStore {
     ///
     /// Summing the entries and adding the sums into the stored buckets take milliseconds
     /// of CPU (2,048 entries of a busy task: 1-12 ms measured under unary calls, a whole
-    /// bucket rewritten per key), so both run on the fold thread, at the lowest CPU
+    /// bucket rewritten per key), so both run on the fold threads, at the lowest CPU
     /// priority (see [`super::background`]).
     async fn fold(&self, conn: &mut ConnectionManager, prefix: &str, entries: Vec<String>) -> Result<bool, StoreError> {
         let retention = self.sem.retention;
