@@ -49,6 +49,22 @@ async fn serve(args: &[&str]) -> ServiceProcess {
     .expect("start the service process")
 }
 
+/// [`serve`] on `redis_url` with these drain and grace periods and `extra` arguments:
+/// the periods a test passes and those it checks the exit time against are one value.
+async fn serve_with_periods(redis_url: &str, drain: Duration, grace: Duration, extra: &[&str]) -> ServiceProcess {
+    let (drain, grace) = (format!("{}ms", drain.as_millis()), format!("{}ms", grace.as_millis()));
+    let mut args = vec![
+        "--redis-url",
+        redis_url,
+        "--drain-period",
+        &drain,
+        "--grace-period",
+        &grace,
+    ];
+    args.extend_from_slice(extra);
+    serve(&args).await
+}
+
 /// SIGKILL, off the async threads.
 async fn sigkill(mut service: ServiceProcess) {
     tokio::task::spawn_blocking(move || service.kill())
@@ -393,19 +409,13 @@ async fn sigterm_drains_answers_in_flight_rpcs_and_exits_zero() {
         let url = redis.url();
         let drain = Duration::from_secs(2);
         let grace = Duration::from_secs(5);
-        let mut service = serve(&[
-            "--redis-url",
+        let mut service = serve_with_periods(
             &url,
-            "--drain-period",
-            "2s",
-            "--grace-period",
-            "5s",
+            drain,
+            grace,
             // Long enough that the RPC held up by the stopped Redis below does not time out.
-            "--redis-response-timeout",
-            "5s",
-            "--commit-timeout",
-            "10s",
-        ])
+            &["--redis-response-timeout", "5s", "--commit-timeout", "10s"],
+        )
         .await;
         let mut health = HealthClient::new(connect(service.addr).await);
         await_health(&mut health, INGEST, ServingStatus::Serving, Duration::from_secs(5)).await;
@@ -538,20 +548,14 @@ async fn sigterm_exits_within_drain_and_one_grace_period_even_when_the_last_comm
     tokio::time::timeout(Duration::from_secs(90), async {
         let redis = RedisServer::start(RedisOptions::default());
         let (drain, grace) = (Duration::from_millis(500), Duration::from_secs(2));
-        let mut service = serve(&[
-            "--redis-url",
+        let mut service = serve_with_periods(
             &redis.url(),
-            "--drain-period",
-            "500ms",
-            "--grace-period",
-            "2s",
+            drain,
+            grace,
             // Redis is stopped below: the commit of the RPC in flight waits for it far
             // longer than the grace period.
-            "--redis-response-timeout",
-            "30s",
-            "--commit-timeout",
-            "60s",
-        ])
+            &["--redis-response-timeout", "30s", "--commit-timeout", "60s"],
+        )
         .await;
         let mut ingest = service.ingest().await;
         let t = now() - MINUTE;
@@ -732,15 +736,7 @@ async fn sigterm_with_redis_gone_and_many_journals_due_exits_before_the_grace_pe
     tokio::time::timeout(Duration::from_secs(90), async {
         let mut redis = RedisServer::start(RedisOptions::default());
         let (drain, grace) = (Duration::from_millis(500), Duration::from_secs(20));
-        let mut service = serve(&[
-            "--redis-url",
-            &redis.url(),
-            "--drain-period",
-            "500ms",
-            "--grace-period",
-            "20s",
-        ])
-        .await;
+        let mut service = serve_with_periods(&redis.url(), drain, grace, &[]).await;
         let mut ingest = service.ingest().await;
         let t = now() - MINUTE;
         // One event in each of 40 tasks: 40 journals to fold.
