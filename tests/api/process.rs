@@ -1,7 +1,7 @@
 //! The real binary (`tasktime serve`) as a process: acknowledged events survive SIGKILL
 //! of the service and of Redis, two replicas count every instance once, SIGTERM drains
-//! like a Kubernetes pod, and a service started before Redis becomes ready when Redis
-//! comes up.
+//! like a Kubernetes pod, a service started before Redis becomes ready when Redis comes
+//! up, and the process runs without transparent huge pages.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -760,4 +760,25 @@ async fn sigterm_with_redis_gone_and_many_journals_due_exits_before_the_grace_pe
     })
     .await
     .expect("test finished in time");
+}
+
+/// The binary turns transparent huge pages off for itself (`src/main.rs`): faults on
+/// fresh huge pages held its threads for milliseconds at a time.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_process_runs_without_transparent_huge_pages() {
+    let service = serve(&[]).await;
+    let pid = service.child.id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read the service's /proc status");
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("THP_enabled:"))
+        .unwrap_or_else(|| {
+            panic!("no THP_enabled line in /proc/{pid}/status (Linux 5.0 and later have one):\n{status}")
+        });
+    assert_eq!(
+        line.split_whitespace().nth(1),
+        Some("0"),
+        "transparent huge pages are still on: `{line}`"
+    );
 }
