@@ -38,9 +38,9 @@ pub(crate) enum FoldThreadError {
 }
 
 impl FoldThreads {
-    /// Starts `threads` threads (at least one): as many as folds run at once, so that
-    /// two folds do not queue for one thread's CPU when the machine has cores to spare
-    /// (after a load, or on a machine with more cores than this one's two).
+    /// Starts `threads` threads (at least one): as many as folds may compute at once (the
+    /// flusher's and a commit round's that helps it), so that two folds do not queue for
+    /// one thread's CPU when the machine has cores to spare.
     ///
     /// # Errors
     /// When the OS cannot start a thread.
