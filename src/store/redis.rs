@@ -79,6 +79,8 @@ pub struct RedisStore {
     dirty: Arc<Mutex<HashMap<String, Pending>>>,
     /// Task prefixes a commit round of this process is folding right now.
     helping: Arc<Mutex<HashSet<String>>>,
+    /// Bytes of buckets the last fold of each task's journal wrote (see `Pending::due`).
+    fold_writes: Arc<Mutex<HashMap<String, usize>>>,
     /// Tasks already in the task index; saves an `SADD` per round. Short critical
     /// sections only, never held across `.await`.
     indexed_tasks: Arc<Mutex<Remembered<(Tenant, TaskName)>>>,
@@ -171,13 +173,19 @@ impl Pending {
     /// Whether a fold is worth its cost now. A fold rewrites every bucket it touches
     /// whole, so it waits for a batch of entries to spread that over: it folds once the
     /// journal is a fold's worth ([`FOLD_MAX_ENTRIES`]); once its first entry has waited
-    /// [`FOLD_DELAY`], if [`FOLD_MIN_BYTES`] were appended by then, else once it has
-    /// waited [`FOLD_MAX_DELAY`]; or as soon as nothing was appended for [`FOLD_QUIET`]
-    /// (the load stopped: nothing more to batch with).
-    fn due(&self, now: Instant) -> bool {
+    /// [`FOLD_DELAY`], if [`FOLD_MIN_BYTES`] were appended by then, and as many as the
+    /// task's last fold wrote (`last_write`, bytes of buckets), else once it has waited
+    /// [`FOLD_MAX_DELAY`]; or as soon as nothing was appended for [`FOLD_QUIET`] (the load
+    /// stopped: nothing more to batch with).
+    ///
+    /// `last_write` keeps a fold's cost in step with what it adds: after a stream load a
+    /// busy task's buckets hold hundreds of bins, and its folds wrote 0.47-0.73 MB each
+    /// while unary calls appended a few hundred KB in the delay; a stream appends more
+    /// than its folds write, so its journal folds as before.
+    fn due(&self, now: Instant, last_write: usize) -> bool {
         let waited = |at: Option<Instant>, d: Duration| at.is_none_or(|t| now.duration_since(t) >= d);
         self.len >= FOLD_MAX_ENTRIES as i64
-            || (waited(self.since, FOLD_DELAY) && self.bytes >= FOLD_MIN_BYTES)
+            || (waited(self.since, FOLD_DELAY) && self.bytes >= FOLD_MIN_BYTES.max(last_write))
             || waited(self.since, FOLD_MAX_DELAY)
             || waited(self.last, FOLD_QUIET)
     }
@@ -295,6 +303,8 @@ const FOLD_CONCURRENCY: usize = 1;
 /// when folding has fallen behind (`Pending::behind`), so neither waits for the other
 /// while a core is free.
 const FOLD_THREADS: usize = 2;
+/// Tasks whose last fold's size is remembered (see [`Pending::due`]), at most.
+const MAX_REMEMBERED_FOLD_WRITES: usize = 100_000;
 /// Folds of one journal in one pass of the flusher, at most [`FOLD_MAX_ENTRIES`] each,
 /// before it goes on to the others.
 const FOLDS_PER_PASS: usize = 16;
@@ -453,6 +463,7 @@ impl RedisStore {
             scripts_loaded: Arc::new(AtomicBool::new(false)),
             dirty: Arc::new(Mutex::new(HashMap::new())),
             helping: Arc::new(Mutex::new(HashSet::new())),
+            fold_writes: Arc::new(Mutex::new(HashMap::new())),
             indexed_tasks: Arc::new(Mutex::new(Remembered::new())),
             recent_starts: Arc::new(Mutex::new(RecentStarts::default())),
             filters: Arc::new(sealed::Filters::default()),
@@ -471,6 +482,10 @@ impl RedisStore {
     fn next_token(&self) -> String {
         let n = self.tokens.1.fetch_add(1, Ordering::Relaxed);
         format!("{:016x}-{n:x}", self.tokens.0)
+    }
+
+    fn lock_fold_writes(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.fold_writes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_helping(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -539,9 +554,10 @@ impl RedisStore {
         let now = Instant::now();
         let due: Vec<(String, Pending)> = {
             let mut dirty = self.lock_dirty();
+            let writes = self.lock_fold_writes();
             let due: Vec<String> = dirty
                 .iter()
-                .filter(|(_, pending)| all || pending.due(now))
+                .filter(|(prefix, pending)| all || pending.due(now, writes.get(*prefix).copied().unwrap_or(0)))
                 .map(|(prefix, _)| prefix.clone())
                 .collect();
             due.into_iter()
@@ -626,6 +642,7 @@ impl RedisStore {
         let retention = self.sem.retention;
         let mut entries = entries;
         let mut start = 0;
+        let mut written = 0;
         while start < entries.len() {
             let (back, summed) = self
                 .compute(move || {
@@ -685,7 +702,7 @@ impl RedisStore {
             }
             let folded: i64 = inv.invoke_async(conn).await.map_err(store_error)?;
             match folded {
-                1 => {}
+                1 => written += buckets.iter().map(|(_, _, bucket)| bucket.len()).sum::<usize>(),
                 0 => return Ok(false),
                 _ => {
                     return Err(StoreError::Unavailable(format!(
@@ -697,6 +714,12 @@ impl RedisStore {
             }
             start += n;
         }
+        let mut writes = self.lock_fold_writes();
+        if writes.len() >= MAX_REMEMBERED_FOLD_WRITES && !writes.contains_key(prefix) {
+            // Only a hint for `Pending::due`: forgetting it folds as if never folded.
+            writes.clear();
+        }
+        writes.insert(prefix.to_owned(), written);
         Ok(true)
     }
 
@@ -1251,35 +1274,43 @@ mod tests {
     fn a_journal_is_folded_when_long_old_or_quiet() {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        // Appends every 100 ms, `per` bytes each: not due while they keep coming, until
-        // the first has waited `due_at` ms.
-        let busy = |per: usize, due_at: u64| {
+        // Appends every 100 ms, `per` bytes each, to a journal whose last fold wrote
+        // `last_write` bytes: not due while they keep coming, until the first has waited
+        // `due_at` ms.
+        let busy = |per: usize, last_write: usize, due_at: u64| {
             let mut busy = Pending::new(t0, 1, per);
             for ms in (100..due_at).step_by(100) {
                 busy.appended(at(ms), 1 + ms as i64 / 100, per);
                 assert!(
-                    !busy.due(at(ms + 50)),
+                    !busy.due(at(ms + 50), last_write),
                     "appends of {per} bytes keep coming, short and young at {ms} ms"
                 );
             }
             busy.appended(at(due_at), 1 + due_at as i64 / 100, per);
-            assert!(busy.due(at(due_at + 50)), "appends of {per} bytes: due at {due_at} ms");
+            assert!(
+                busy.due(at(due_at + 50), last_write),
+                "appends of {per} bytes: due at {due_at} ms"
+            );
         };
         // 50 appends by FOLD_DELAY: FOLD_MIN_BYTES by then (a stream's journal).
-        busy(FOLD_MIN_BYTES / 40, 5_000);
+        busy(FOLD_MIN_BYTES / 40, 0, 5_000);
         // Far less by then (a journal of single events): it waits for FOLD_MAX_DELAY...
-        busy(100, 30_000);
+        busy(100, 0, 30_000);
         // ... or until it holds FOLD_MIN_BYTES, after FOLD_DELAY.
-        busy(FOLD_MIN_BYTES.div_ceil(100), 9_900);
+        busy(FOLD_MIN_BYTES.div_ceil(100), 0, 9_900);
+        // After a fold that wrote more than FOLD_MIN_BYTES, until it holds that much.
+        busy(FOLD_MIN_BYTES.div_ceil(100), 3 * FOLD_MIN_BYTES, 29_900);
+        // A fold that wrote less than FOLD_MIN_BYTES changes nothing.
+        busy(FOLD_MIN_BYTES / 40, FOLD_MIN_BYTES / 2, 5_000);
 
         let mut long = Pending::new(t0, 1, 10);
         long.appended(at(10), FOLD_MAX_ENTRIES as i64, 10);
-        assert!(long.due(at(20)), "a fold's worth of entries");
+        assert!(long.due(at(20), usize::MAX), "a fold's worth of entries");
 
         let quiet = Pending::new(t0, 3, 10);
-        assert!(!quiet.due(at(400)));
-        assert!(quiet.due(at(500)), "nothing appended for FOLD_QUIET");
-        assert!(Pending::LEFT_BEHIND.due(t0), "found at start: at once");
+        assert!(!quiet.due(at(400), 0));
+        assert!(quiet.due(at(500), usize::MAX), "nothing appended for FOLD_QUIET");
+        assert!(Pending::LEFT_BEHIND.due(t0, usize::MAX), "found at start: at once");
     }
 
     #[test]
