@@ -1,8 +1,13 @@
 //! The stored form of one bucket in Redis: a string holding its fields, one `name value`
 //! line each, sorted by name (`fin 3\ns 12\ns:1023 2\nstarted 14\nsum:s 40960000`).
 //!
-//! A bucket is written whole by a fold ([`crate::store::journal`]), which reads it, adds
-//! the journal's sums and writes it back: one string per bucket, however many of its
+//! A bucket is two strings: its base, written whole by a fold ([`crate::store::journal`])
+//! that read the bucket and added the journal's sums, and its tail, where folds that do
+//! not read the bucket append their sums as more lines (`\nname value...`, each fold's
+//! sorted, a name again in each). A fold appends while the tail is short next to the base,
+//! so what it writes follows what it adds, not the bucket's size (a busy task's hour,
+//! day and total buckets hold thousands of bins); once the tail has grown to half the
+//! base, the next fold writes the bucket whole again. One string per part, however many
 //! fields a fold changes. (As a Redis hash, each changed field cost Redis about a
 //! microsecond of a script's time, and the fold writes nearly one bin per duration per
 //! bucket: that was half of Redis' work per event.) It is text, so `redis-cli GET` shows
@@ -87,6 +92,23 @@ pub(crate) fn add_deltas<'a>(
         line_out(&mut out, n, buf.format(d));
     }
     Ok(out)
+}
+
+/// A bucket's base and tail as one text for [`decode`] (absent parts are empty): the
+/// tail's lines follow the base's, so a name can occur more than once ([`Fields`] adds
+/// them up).
+pub(crate) fn join(base: Option<String>, tail: Option<String>) -> String {
+    let tail = tail.unwrap_or_default();
+    match base {
+        Some(mut base) if !base.is_empty() => {
+            base.push_str(&tail);
+            base
+        }
+        _ => match tail.strip_prefix('\n') {
+            Some(lines) => lines.to_owned(),
+            None => tail,
+        },
+    }
 }
 
 /// The fields of a stored bucket, kept as its text with where each line's name is and its
@@ -225,6 +247,29 @@ mod tests {
         let err = decode("s 2\nß 1\né".to_owned()).unwrap_err().to_string();
         assert!(err.contains("line 3") && err.contains("`é`"), "{err}");
         assert_eq!(decode("s 2\nß -1".to_owned()).unwrap().get("ß"), Some(-1));
+    }
+
+    #[test]
+    fn a_tail_adds_to_its_base() {
+        let text = join(
+            Some("fin 3\ns:10 2".to_owned()),
+            Some("\ns:10 1\nz 4\ns:10 5".to_owned()),
+        );
+        assert_eq!(text, "fin 3\ns:10 2\ns:10 1\nz 4\ns:10 5");
+        let fields = decode(text).unwrap();
+        assert_eq!(fields.get("s:10"), Some(8));
+        assert_eq!(fields.get("z"), Some(4));
+        assert_eq!(fields.get("fin"), Some(3));
+        // A tail without its base (the base expired first), a base without a tail, neither.
+        assert_eq!(join(None, Some("\nz 4\ns 1".to_owned())), "z 4\ns 1");
+        assert_eq!(join(Some(String::new()), Some("\nz 4".to_owned())), "z 4");
+        assert_eq!(join(Some("s 1".to_owned()), None), "s 1");
+        assert_eq!(join(None, None), "");
+        // Only what this module and the fold script write is read.
+        let err = decode(join(Some("s 1".to_owned()), Some("\nbroken".to_owned())))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2") && err.contains("`broken`"), "{err}");
     }
 
     #[test]

@@ -51,6 +51,12 @@ pub fn staged(key: &str, token: &str) -> String {
     format!("{key}:staged:{token}")
 }
 
+/// The tail of the bucket `key`: what folds appended to the bucket since it was last
+/// written whole, as more `name value` lines (`store/bucket.rs`). Same hash slot as `key`.
+pub fn tail(key: &str) -> String {
+    format!("{key}:tail")
+}
+
 /// The task prefix of a [`journal`] key.
 pub fn journal_prefix(key: &str) -> Option<&str> {
     key.strip_suffix(":j")

@@ -81,6 +81,9 @@ pub struct RedisStore {
     helping: Arc<Mutex<HashSet<String>>>,
     /// Bytes of buckets the last fold of each task's journal wrote (see `Pending::due`).
     fold_writes: Arc<Mutex<HashMap<String, usize>>>,
+    /// Per bucket a fold wrote lately: the lengths of its base and its tail then (see
+    /// [`tail_is_long`]).
+    bucket_sizes: Arc<Mutex<HashMap<String, (usize, usize)>>>,
     /// Tasks already in the task index; saves an `SADD` per round. Short critical
     /// sections only, never held across `.await`.
     indexed_tasks: Arc<Mutex<Remembered<(Tenant, TaskName)>>>,
@@ -305,6 +308,35 @@ const FOLD_CONCURRENCY: usize = 1;
 const FOLD_THREADS: usize = 2;
 /// Tasks whose last fold's size is remembered (see [`Pending::due`]), at most.
 const MAX_REMEMBERED_FOLD_WRITES: usize = 100_000;
+/// Buckets whose base and tail lengths are remembered (see [`tail_is_long`]), at most:
+/// about 100 bytes each.
+const MAX_REMEMBERED_BUCKET_SIZES: usize = 200_000;
+/// A tail shorter than this is never long (see [`tail_is_long`]): a small bucket's sums
+/// are appended until then.
+const TAIL_MIN_BYTES: usize = 4096;
+
+/// How a fold writes one bucket (see `lua/flush.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// Read base and tail, add the sums, write one sorted base again.
+    Whole,
+    /// Append the sums to the tail, unread.
+    Append,
+    /// The same, and have the script say how long the base is: this process does not
+    /// know yet.
+    AppendAndMeasure,
+}
+
+/// Whether a fold writes a bucket whole (reading its base and tail, adding, and writing
+/// one sorted base again) instead of appending to its tail: once the tail is half as long
+/// as the base, or [`TAIL_MIN_BYTES`]. So an append costs what the fold adds, a bucket
+/// is written whole once per half its size appended (each byte a fold adds is written
+/// about four times in all, against once per fold for the whole bucket), and a read
+/// parses at most half as much again as the bucket holds.
+fn tail_is_long(base: usize, tail: usize) -> bool {
+    tail >= (base / 2).max(TAIL_MIN_BYTES)
+}
+
 /// Folds of one journal in one pass of the flusher, at most [`FOLD_MAX_ENTRIES`] each,
 /// before it goes on to the others.
 const FOLDS_PER_PASS: usize = 16;
@@ -464,6 +496,7 @@ impl RedisStore {
             dirty: Arc::new(Mutex::new(HashMap::new())),
             helping: Arc::new(Mutex::new(HashSet::new())),
             fold_writes: Arc::new(Mutex::new(HashMap::new())),
+            bucket_sizes: Arc::new(Mutex::new(HashMap::new())),
             indexed_tasks: Arc::new(Mutex::new(Remembered::new())),
             recent_starts: Arc::new(Mutex::new(RecentStarts::default())),
             filters: Arc::new(sealed::Filters::default()),
@@ -482,6 +515,41 @@ impl RedisStore {
     fn next_token(&self) -> String {
         let n = self.tokens.1.fetch_add(1, Ordering::Relaxed);
         format!("{:016x}-{n:x}", self.tokens.0)
+    }
+
+    fn lock_bucket_sizes(&self) -> std::sync::MutexGuard<'_, HashMap<String, (usize, usize)>> {
+        self.bucket_sizes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remembers the lengths of base and tail of each bucket a fold wrote, from its
+    /// script's reply (`lengths[0]` is its 1; per bucket the base's length, -1 when the
+    /// script did not look, and the tail's), for the next fold's choice to append or to
+    /// write whole.
+    fn remember_bucket_sizes<T>(&self, buckets: &[(String, T, String, Write)], lengths: &[redis::Value]) {
+        let length = |i: usize| match lengths.get(i) {
+            Some(redis::Value::Int(n)) => usize::try_from(*n).ok(),
+            _ => None,
+        };
+        let mut sizes = self.lock_bucket_sizes();
+        for (j, (key, _, value, write)) in buckets.iter().enumerate() {
+            let Some(tail) = length(2 * j + 2) else {
+                continue;
+            };
+            let base = match (write, length(2 * j + 1)) {
+                (Write::Whole, _) => value.len(),
+                (_, Some(base)) => base,
+                (_, None) => match sizes.get(key) {
+                    Some(&(base, _)) => base,
+                    None => continue,
+                },
+            };
+            if sizes.len() >= MAX_REMEMBERED_BUCKET_SIZES && !sizes.contains_key(key) {
+                // Only a hint: a bucket whose sizes are forgotten is measured again by
+                // its next fold's script.
+                sizes.clear();
+            }
+            sizes.insert(key.clone(), (base, tail));
+        }
     }
 
     fn lock_fold_writes(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
@@ -653,39 +721,78 @@ impl RedisStore {
                 .await?;
             entries = back;
             let (rolled, n) = summed.map_err(|e| StoreError::Internal(e.to_string()))?;
-            // Read the buckets, add, write them back whole: the script puts them in place
-            // only if no other fold ran in between (see `lua/flush.lua`).
-            let hashes: Vec<(String, BucketSums)> = rolled
+            // Per bucket: append the sums to its tail, without reading it; or, once the
+            // tail is long (as the last fold found it), read base and tail, add, and
+            // write the bucket whole. The script puts the values in place only if no
+            // other fold ran in between (see `lua/flush.lua`).
+            let hashes: Vec<(String, BucketSums, Write)> = {
+                let sizes = self.lock_bucket_sizes();
+                rolled
+                    .into_iter()
+                    .filter(|(_, (_, fields))| !fields.is_empty())
+                    .map(|(suffix, sums)| {
+                        let key = format!("{prefix}:{suffix}");
+                        let write = match sizes.get(&key) {
+                            Some(&(base, tail)) if tail_is_long(base, tail) => Write::Whole,
+                            Some(_) => Write::Append,
+                            None => Write::AppendAndMeasure,
+                        };
+                        (key, sums, write)
+                    })
+                    .collect()
+            };
+            let mut to_read = Vec::new();
+            for (key, ..) in hashes.iter().filter(|(.., write)| *write == Write::Whole) {
+                to_read.push(key.clone());
+                to_read.push(keys::tail(key));
+            }
+            let stored = self.read_stored(conn, &to_read).await?;
+            let read_bytes: usize = stored.iter().flatten().map(String::len).sum();
+            let mut stored = stored.into_iter();
+            let hashes: Vec<_> = hashes
                 .into_iter()
-                .map(|(suffix, sums)| (format!("{prefix}:{suffix}"), sums))
+                .map(|(key, sums, write)| {
+                    let read = (write == Write::Whole).then(|| (stored.next().flatten(), stored.next().flatten()));
+                    (key, sums, write, read)
+                })
                 .collect();
-            let keys: Vec<&str> = hashes.iter().map(|(key, _)| key.as_str()).collect();
-            let stored = self.read_stored(conn, &keys).await?;
             let buckets = self
                 .compute(move || {
                     hashes
                         .into_iter()
-                        .zip(stored)
-                        .map(|((key, (expire_at_ms, fields)), stored)| {
-                            match bucket::add_deltas(stored.as_deref().unwrap_or(""), &fields) {
-                                Ok(bucket) => Ok((key, expire_at_ms, bucket)),
-                                Err(e) => Err(StoreError::Internal(format!("bucket `{key}`: {e}"))),
-                            }
+                        .map(|(key, (expire_at_ms, mut fields), write, read)| {
+                            let bad = |e: bucket::BadBucket| StoreError::Internal(format!("bucket `{key}`: {e}"));
+                            let value = match read {
+                                // What a tail gets: the sums as lines, each after a '\n'.
+                                None => format!("\n{}", bucket::add_deltas("", &fields).map_err(bad)?),
+                                Some((base, tail)) => {
+                                    let tail = bucket::decode(bucket::join(None, tail)).map_err(bad)?;
+                                    for (name, value) in tail.iter() {
+                                        *fields.entry(name.to_owned()).or_default() += value;
+                                    }
+                                    bucket::add_deltas(base.as_deref().unwrap_or(""), &fields).map_err(bad)?
+                                }
+                            };
+                            Ok((key, expire_at_ms, value, write))
                         })
                         .collect::<Result<Vec<_>, StoreError>>()
                 })
                 .await??;
-            // The new values go to staged keys first, as plain `SET`s, which Redis runs
+            // Whole values go to staged keys first, as plain `SET`s, which Redis runs
             // between other clients' commands; the script then only renames them (see
             // `lua/flush.lua`).
             let token = self.next_token();
-            let staged: Vec<String> = buckets.iter().map(|(key, _, _)| keys::staged(key, &token)).collect();
-            for chunk in buckets.iter().zip(&staged).collect::<Vec<_>>().chunks(STAGE_CHUNK) {
+            let whole: Vec<(String, &String)> = buckets
+                .iter()
+                .filter(|(.., write)| *write == Write::Whole)
+                .map(|(key, _, value, _)| (keys::staged(key, &token), value))
+                .collect();
+            for chunk in whole.chunks(STAGE_CHUNK) {
                 let mut pipe = redis::pipe();
-                for ((_, _, bucket), staged) in chunk {
+                for (staged, value) in chunk {
                     pipe.cmd("SET")
                         .arg(staged)
-                        .arg(bucket)
+                        .arg(value)
                         .arg("PX")
                         .arg(STAGED_TTL_MS)
                         .ignore();
@@ -696,14 +803,36 @@ impl RedisStore {
             inv.key(keys::journal(prefix))
                 .arg(n)
                 .arg(journal::token(&entries[start]))
-                .arg(self.journal_ttl_ms);
-            for ((key, expire_at_ms, _), staged) in buckets.iter().zip(&staged) {
-                inv.key(key).key(staged).arg(*expire_at_ms);
+                .arg(self.journal_ttl_ms)
+                .arg(buckets.len());
+            for (key, expire_at_ms, value, write) in &buckets {
+                inv.key(key).key(keys::tail(key)).arg(*expire_at_ms);
+                match write {
+                    Write::Whole => inv.arg("w").arg(""),
+                    Write::Append => inv.arg("a").arg(value),
+                    Write::AppendAndMeasure => inv.arg("b").arg(value),
+                };
             }
-            let folded: i64 = inv.invoke_async(conn).await.map_err(store_error)?;
+            for (staged, _) in &whole {
+                inv.key(staged);
+            }
+            let folded: redis::Value = inv.invoke_async(conn).await.map_err(store_error)?;
             match folded {
-                1 => written += buckets.iter().map(|(_, _, bucket)| bucket.len()).sum::<usize>(),
-                0 => return Ok(false),
+                redis::Value::Array(lengths) => {
+                    let wrote: usize = buckets.iter().map(|(_, _, value, _)| value.len()).sum();
+                    tracing::debug!(
+                        task = %prefix,
+                        entries = n,
+                        buckets = buckets.len(),
+                        whole = whole.len(),
+                        read_bytes,
+                        wrote,
+                        "folded"
+                    );
+                    written += wrote;
+                    self.remember_bucket_sizes(&buckets, &lengths);
+                }
+                redis::Value::Int(0) => return Ok(false),
                 _ => {
                     return Err(StoreError::Unavailable(format!(
                         "a fold of `{prefix}` found a staged bucket value gone (it was staged more than \
@@ -798,12 +927,17 @@ impl RedisStore {
 
     /// Reads the buckets `keys` (an absent one is empty).
     async fn read_buckets(&self, conn: &mut ConnectionManager, keys: &[String]) -> Result<Vec<Fields>, StoreError> {
-        let stored = self.read_stored(conn, keys).await?;
+        // Each bucket's base, then its tail.
+        let both: Vec<String> = keys.iter().flat_map(|key| [key.clone(), keys::tail(key)]).collect();
+        let mut stored = self.read_stored(conn, &both).await?.into_iter();
         keys.iter()
-            .zip(stored)
-            .map(|(key, value)| match value {
-                Some(text) => bucket::decode(text).map_err(|e| StoreError::Internal(format!("bucket `{key}`: {e}"))),
-                None => Ok(Fields::default()),
+            .map(|key| {
+                let (base, tail) = (stored.next().flatten(), stored.next().flatten());
+                if base.is_none() && tail.is_none() {
+                    return Ok(Fields::default());
+                }
+                bucket::decode(bucket::join(base, tail))
+                    .map_err(|e| StoreError::Internal(format!("bucket `{key}`: {e}")))
             })
             .collect()
     }

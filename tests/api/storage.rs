@@ -616,6 +616,86 @@ mod journal {
         );
     }
 
+    /// Folds append to a bucket's tail while it is short and write the bucket whole
+    /// once it is long: through many folds of the same buckets, every field reads the
+    /// same as in the embedded store.
+    #[tokio::test]
+    async fn buckets_folded_many_times_read_the_same_as_the_embedded_store() {
+        use tasktime::store::MemoryStore;
+        let redis = RedisServer::start(RedisOptions::default());
+        let store = store(&redis);
+        let sem = Semantics {
+            abandon_after: Semantics::DEFAULT_ABANDON_AFTER,
+            dedupe_horizon: Semantics::DEFAULT_DEDUPE_HORIZON,
+            retention: Retention::default(),
+            histogram: histogram(),
+        };
+        let memory = MemoryStore::new(Arc::new(sem));
+        let t = now() - 60 * SEC;
+        let prefix = keys::task_prefix(&Tenant::default_tenant(), &task());
+        let namespace = histogram().namespace();
+        let read_keys: Vec<String> = [Resolution::Minute, Resolution::Hour, Resolution::Day]
+            .into_iter()
+            .map(|res| {
+                let at = BucketRef {
+                    res,
+                    start: res.bucket_start(t),
+                };
+                keys::task_total(&prefix, &namespace, at)
+            })
+            .collect();
+        let day_tail = keys::tail(&read_keys[2]);
+        let (mut tails_seen, mut rewrites) = (0, 0);
+        let mut last_tail = 0;
+        for round in 0..60 {
+            // Durations spread over many bins, so each fold adds new lines.
+            let events: Vec<TaskEvent> = (0..40)
+                .map(|i| {
+                    let mut e = completed(&format!("r{round}-{i}"), t);
+                    if let EventKind::Completed { duration, .. } = &mut e.kind {
+                        *duration = (1 + (round * 40 + i) as i64 * 7_919 % 3_000_000) * 1_000 / 997;
+                    }
+                    e
+                })
+                .collect();
+            store.apply(&events, t).await.expect("redis commits");
+            memory.apply(&events, t).await.expect("memory commits");
+            let stop = CancellationToken::new();
+            stop.cancel(); // one pass: fold what is there
+            store.clone().run_flusher(stop).await;
+            assert_eq!(redis.cli(&["exists", JOURNAL]), "0", "round {round} folded");
+            let tail: usize = redis.cli(&["strlen", &day_tail]).parse().expect("a number");
+            if tail > 0 {
+                tails_seen += 1;
+            }
+            if tail < last_tail {
+                rewrites += 1;
+            }
+            last_tail = tail;
+            let from_redis = store
+                .read_hashes(&Tenant::default_tenant(), &task(), read_keys.clone())
+                .await
+                .expect("read redis");
+            let from_memory = memory
+                .read_hashes(&Tenant::default_tenant(), &task(), read_keys.clone())
+                .await
+                .expect("read memory");
+            for ((key, a), b) in read_keys.iter().zip(&from_redis).zip(&from_memory) {
+                assert_eq!(a.to_map(), b.to_map(), "{key} after round {round}");
+            }
+        }
+        assert!(
+            tails_seen > 10,
+            "folds appended to the day bucket's tail ({tails_seen} rounds)"
+        );
+        assert!(rewrites > 0, "and wrote it whole again once its tail was long");
+        let base: usize = redis.cli(&["strlen", &read_keys[2]]).parse().expect("a number");
+        assert!(
+            last_tail < (base / 2).max(4096) + 4096,
+            "a tail stays short next to its base: {last_tail} against {base} bytes"
+        );
+    }
+
     /// A replica that stopped before folding leaves its journal behind; the next replica
     /// to start finds it and folds it, without waiting for a write or a query.
     #[tokio::test]
@@ -636,46 +716,42 @@ mod journal {
         assert_eq!(day_total(&next, t).await, (10, 10), "read from the buckets alone");
     }
 
-    /// The fold script itself: it renames a fold's staged values over its buckets only
-    /// while the journal still starts with the entries the flusher read (so nothing
-    /// changed the buckets since it read them), so a stale or concurrent flusher changes
-    /// nothing; a refused fold deletes what it staged; a fold whose staged value is gone
-    /// changes nothing.
+    /// The fold script itself: it puts a fold's staged values in place only while the
+    /// journal still starts with the entries the flusher read (so nothing changed the
+    /// buckets since it read them), so a stale or concurrent flusher changes nothing; a
+    /// refused fold deletes what it staged; a fold whose staged value is gone changes
+    /// nothing.
     #[test]
     fn a_fold_applies_only_to_the_entries_it_read() {
         let redis = RedisServer::start(RedisOptions::default());
         let script = include_str!("../../src/store/lua/flush.lua");
         let bucket = "tt:v2:{default|checkout}:b";
+        let tail = "tt:v2:{default|checkout}:b:tail";
         let staged = "tt:v2:{default|checkout}:b:staged:f1";
-        let run = |n: &str, token: &str| {
-            redis
-                .cli(&[
-                    "eval",
-                    script,
-                    "3",
-                    JOURNAL,
-                    bucket,
-                    staged,
-                    n,
-                    token,
-                    "60000",
-                    "99999999999999",
-                ])
-                .trim()
-                .to_owned()
+        // Folds `n` entries starting with `token` into the one bucket: `w` renames the
+        // staged value over it, `a` and `b` append `lines`.
+        let run = |n: &str, token: &str, mode: &str, lines: &str| {
+            let mut args = vec!["eval", script, "3", JOURNAL, bucket, tail];
+            if mode == "w" {
+                args[2] = "4";
+                args.push(staged);
+            }
+            args.extend([n, token, "60000", "1", "99999999999999", mode, lines]);
+            redis.cli(&args)
         };
-        // Stages the bucket `x <x>`, then folds `n` entries starting with `token`.
+        // Stages the bucket `x <x>`, then folds `n` entries starting with `token`, the
+        // bucket written whole; the script's reply's first line.
         let fold = |n: &str, token: &str, x: &str| {
             redis.cli(&["set", staged, &format!("x {x}"), "PX", "60000"]);
-            run(n, token)
+            run(n, token, "w", "").lines().next().unwrap_or_default().to_owned()
         };
-        let x = || redis.cli(&["get", bucket]).trim().to_owned();
-        let staged_exists = || redis.cli(&["exists", staged]).trim() == "1";
+        let x = || redis.cli(&["get", bucket]);
+        let staged_exists = || redis.cli(&["exists", staged]) == "1";
         redis.cli(&["rpush", JOURNAL, "t1\nb 1 x 2", "t2\nb 1 x 3"]);
         assert_eq!(fold("2", "t1", "5"), "1");
         assert_eq!(x(), "x 5");
         assert!(!staged_exists(), "the staged value was renamed over the bucket");
-        assert_eq!(redis.cli(&["exists", JOURNAL]).trim(), "0", "both entries removed");
+        assert_eq!(redis.cli(&["exists", JOURNAL]), "0", "both entries removed");
         assert_eq!(
             fold("2", "t1", "10"),
             "0",
@@ -689,22 +765,59 @@ mod journal {
         assert_eq!(fold("2", "t3", "7"), "0", "t3 was folded by another flusher");
         assert_eq!(fold("3", "t4", "8"), "0", "only two entries are left, not three");
         assert_eq!(x(), "x 6");
-        assert_eq!(
-            redis.cli(&["llen", JOURNAL]).trim(),
-            "2",
-            "a refused fold removes nothing"
-        );
-        assert_eq!(run("2", "t4"), "-1", "nothing staged (it expired): refused");
+        assert_eq!(redis.cli(&["llen", JOURNAL]), "2", "a refused fold removes nothing");
+        assert_eq!(run("2", "t4", "w", ""), "-1", "nothing staged (it expired): refused");
         assert_eq!(x(), "x 6");
-        assert_eq!(redis.cli(&["llen", JOURNAL]).trim(), "2", "and nothing removed");
+        assert_eq!(redis.cli(&["llen", JOURNAL]), "2", "and nothing removed");
         assert_eq!(fold("2", "t4", "8"), "1");
         assert_eq!(x(), "x 8");
-        assert_eq!(redis.cli(&["exists", JOURNAL]).trim(), "0");
-        let ttl: i64 = redis.cli(&["pttl", bucket]).trim().parse().expect("a number");
+        assert_eq!(redis.cli(&["exists", JOURNAL]), "0");
+        let ttl: i64 = redis.cli(&["pttl", bucket]).parse().expect("a number");
         assert!(
             ttl > 60_000,
             "a folded bucket expires when the bucket does, not when its staged value would (PTTL {ttl})"
         );
+
+        // Appending: a fold's sums go after the base as more lines, and the reply gives
+        // the lengths of base (`b`; -1 for `a`: not looked at) and tail.
+        let append = |token: &str, mode: &str, lines: &str| {
+            redis.cli(&["rpush", JOURNAL, &format!("{token}\nb 1 x 1")]);
+            run("1", token, mode, lines)
+        };
+        assert_eq!(
+            append("t6", "b", "\nx 2\ny 1"),
+            "1\n3\n8",
+            "base `x 8`, tail `\\nx 2\\ny 1`"
+        );
+        assert_eq!(x(), "x 8", "the base is left as it was");
+        assert_eq!(redis.cli(&["get", tail]), "x 2\ny 1");
+        let ttl: i64 = redis.cli(&["pttl", tail]).parse().expect("a number");
+        assert!(ttl > 60_000, "a tail expires with its bucket (PTTL {ttl})");
+        assert_eq!(append("t7", "a", "\ny 4"), "1\n-1\n12");
+        assert_eq!(redis.cli(&["get", tail]), "x 2\ny 1\ny 4");
+        assert_eq!(redis.cli(&["exists", JOURNAL]), "0");
+        // Written whole again: the tail goes.
+        assert_eq!(fold("1", "t8", "15"), "0", "no entry t8: refused");
+        assert_eq!(redis.cli(&["get", tail]), "x 2\ny 1\ny 4", "and the tail kept");
+        redis.cli(&["rpush", JOURNAL, "t8\nb 1 x 1"]);
+        redis.cli(&["set", staged, "x 10\ny 5", "PX", "60000"]);
+        assert_eq!(run("1", "t8", "w", ""), "1\n-1\n0");
+        assert_eq!(x(), "x 10\ny 5");
+        assert_eq!(redis.cli(&["exists", tail]), "0");
+        // A bucket that does not exist yet gets its first sums as its base.
+        redis.cli(&["del", bucket]);
+        assert_eq!(append("t9", "a", "\nz 1"), "1\n3\n0");
+        assert_eq!(x(), "z 1");
+        assert_eq!(redis.cli(&["exists", tail]), "0");
+        let ttl: i64 = redis.cli(&["pttl", bucket]).parse().expect("a number");
+        assert!(
+            ttl > 60_000,
+            "a bucket created by an append expires with the bucket (PTTL {ttl})"
+        );
+        // A refused append changes nothing.
+        assert_eq!(append("t10", "a", "\nz 2").lines().next(), Some("1"));
+        assert_eq!(run("1", "t10", "a", "\nz 3"), "0", "t10 was folded already");
+        assert_eq!(redis.cli(&["get", tail]), "z 2");
     }
 
     /// A read merges a short journal itself, but folds a long one first, so reads do not
