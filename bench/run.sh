@@ -548,22 +548,25 @@ done | rcli >/dev/null
 
 # ---------------------------------------------------------------- 4. memory per series-minute
 
-# Minute buckets the ingest steps above wrote: one string per (task, series, minute),
-# `...:<ns>:b:m:<start>:<series>`, of `name value` lines: the counters and, per outcome,
-# the count (`s`, `f`, `c`), the exact sum (`sum:s`...) and the HDR bins (`s:<bin>`...).
+# Minute buckets the ingest steps above wrote: per (task, series, minute) a string
+# `...:<ns>:b:m:<start>:<series>` of `name value` lines (the counters and, per outcome,
+# the count (`s`, `f`, `c`), the exact sum (`sum:s`...) and the HDR bins (`s:<bin>`...)),
+# and the lines folds appended since, in `...:tail` (absent when there are none).
 series_minute() {
   local keys=$TMPD/minute-keys
   wait_folded
-  rcli --scan --pattern '*:b:m:*' >"$keys"
-  awk '{print "MEMORY USAGE " $0}' "$keys" | rcli >"$keys.bytes"
-  awk '{print "GET " $0}' "$keys" | rcli >"$keys.fields"
-  # durations = s + f + c; bins = fields named <outcome>:<bin>
-  awk '$1 ~ /^[sfc]$/ { n += $2 }
-       $1 ~ /^[sfc]:[0-9]+$/ { b++ }
+  rcli --scan --pattern '*:b:m:*' | grep -v ':tail$' >"$keys" || true
+  awk '{print "MEMORY USAGE " $0; print "MEMORY USAGE " $0 ":tail"}' "$keys" | rcli >"$keys.bytes"
+  awk '{print "GET " $0; print "GET " $0 ":tail"; print "ECHO @@"}' "$keys" | rcli >"$keys.fields"
+  # durations = s + f + c; bins = distinct fields named <outcome>:<bin>, per bucket
+  awk '$0 == "@@" { for (f in seen) b++; delete seen; next }
+       $1 ~ /^[sfc]$/ { n += $2 }
+       $1 ~ /^[sfc]:[0-9]+$/ { seen[$1] = 1 }
        END { printf "%d %d\n", n, b }' "$keys.fields" >"$keys.nb"
-  local n b
+  local n b sm
   read -r n b <"$keys.nb"
-  awk -v n="$n" -v b="$b" '{ bytes += $1; sm++ }
+  sm=$(wc -l <"$keys")
+  awk -v n="$n" -v b="$b" -v sm="$sm" '{ bytes += $1 }
     END { if (sm == 0) { print "0 0 0 0"; exit }
           printf "%.0f %d %.1f %.0f\n", bytes / sm, sm, n / sm, b / sm }' "$keys.bytes" >"$RAW/series-minute.txt"
   local per sm ev bins
