@@ -4,7 +4,7 @@
 //! script touches one Redis Cluster slot. Histogram keys also carry the histogram
 //! configuration's namespace: data written under another configuration is never mixed.
 
-use crate::buckets::BucketRef;
+use crate::buckets::{BucketRef, Resolution};
 use crate::domain::{Outcome, SeriesId, TaskName, Tenant};
 
 /// Version of the key schema; a change that is not backward compatible bumps it.
@@ -96,6 +96,17 @@ pub fn write_bucket_suffix(out: &mut String, namespace: &str, bucket: BucketRef,
     }
 }
 
+/// When the minute of `suffix` starts (seconds since the epoch), if `suffix`, the part of
+/// a [`bucket`] or [`task_total`] key after the task prefix and its `:` (what
+/// [`write_bucket_suffix`] writes), is a minute's.
+pub fn minute_of_suffix(suffix: &str) -> Option<i64> {
+    let mut parts = suffix.split(':').skip(1);
+    if !matches!(parts.next(), Some("b" | "t")) || parts.next() != Some(Resolution::Minute.code()) {
+        return None;
+    }
+    parts.next()?.parse().ok()
+}
+
 /// One bucket of a task summed over all its series: the same fields as [`bucket`].
 /// Folded with the series' buckets, in the same script; a query with no label filter
 /// reads it instead of one bucket per series.
@@ -133,7 +144,6 @@ pub fn parse_bin_field(outcome: Outcome, field: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::buckets::Resolution;
 
     #[test]
     fn every_key_of_a_task_shares_its_hash_tag() {
@@ -151,6 +161,8 @@ mod tests {
             series_index(&p),
             bucket(&p, "d2r1", b, SeriesId(7)),
             task_total(&p, "d2r1", b),
+            tail(&bucket(&p, "d2r1", b, SeriesId(7))),
+            staged(&task_total(&p, "d2r1", b), "f1"),
         ] {
             assert!(key.starts_with("tt:v2:{default|checkout}:"), "{key}");
         }
@@ -159,6 +171,26 @@ mod tests {
             "tt:v2:{default|checkout}:d2r1:b:h:3600:0000000000000007"
         );
         assert_eq!(task_total(&p, "d2r1", b), "tt:v2:{default|checkout}:d2r1:t:h:3600");
+    }
+
+    #[test]
+    fn a_minute_bucket_is_known_by_its_suffix() {
+        let at = |res| BucketRef { res, start: 3600 };
+        for (res, minute) in [
+            (Resolution::Minute, Some(3600)),
+            (Resolution::Hour, None),
+            (Resolution::Day, None),
+        ] {
+            let mut series = String::new();
+            write_bucket_suffix(&mut series, "d2r1", at(res), Some(SeriesId(7)));
+            let mut total = String::new();
+            write_bucket_suffix(&mut total, "d2r1", at(res), None);
+            assert_eq!(minute_of_suffix(&series), minute, "{series}");
+            assert_eq!(minute_of_suffix(&total), minute, "{total}");
+        }
+        assert_eq!(minute_of_suffix("d2r1:x:m:3600"), None);
+        assert_eq!(minute_of_suffix("d2r1:b:m:later"), None);
+        assert_eq!(minute_of_suffix("m"), None);
     }
 
     #[test]
