@@ -314,6 +314,33 @@ mod tests {
         }
 
         #[test]
+        fn a_base_and_the_tails_appended_to_it_read_as_their_sum(
+            base in proptest::collection::hash_map("[a-z:0-9]{1,6}", -1_000_000i64..1_000_000, 0..30),
+            chunks in proptest::collection::vec(
+                proptest::collection::hash_map("[a-z:0-9]{1,6}", -1_000i64..1_000, 1..10),
+                0..5,
+            ),
+        ) {
+            // What the fold script stores: the base as written whole, then each fold's
+            // sums appended to the tail as sorted lines after a '\n'.
+            let base: FieldMap = base.into_iter().collect();
+            let mut want = base.clone();
+            let mut tail = String::new();
+            for chunk in &chunks {
+                let chunk: FieldMap = chunk.clone().into_iter().collect();
+                tail.push('\n');
+                tail.push_str(&encode(&chunk));
+                for (n, d) in &chunk {
+                    *want.entry(n.clone()).or_default() += d;
+                }
+            }
+            let stored_base = (!base.is_empty()).then(|| encode(&base));
+            let stored_tail = (!tail.is_empty()).then_some(tail);
+            let got = decode(join(stored_base, stored_tail)).unwrap().to_map();
+            prop_assert_eq!(got, want);
+        }
+
+        #[test]
         fn decode_inverts_encode(fields in proptest::collection::hash_map("[a-z:0-9]{1,12}", any::<i64>(), 0..64)) {
             let fields: FieldMap = fields.into_iter().collect();
             prop_assert_eq!(decode(encode(&fields)).unwrap().to_map(), fields);

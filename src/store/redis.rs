@@ -1424,6 +1424,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_tail_is_long_at_half_its_base_and_never_under_4_kib() {
+        assert!(!tail_is_long(100, 0));
+        assert!(
+            !tail_is_long(100, TAIL_MIN_BYTES - 1),
+            "a small bucket's tail grows to 4 KiB"
+        );
+        assert!(tail_is_long(100, TAIL_MIN_BYTES));
+        assert!(!tail_is_long(100_000, 49_999));
+        assert!(tail_is_long(100_000, 50_000));
+        assert!(tail_is_long(0, TAIL_MIN_BYTES), "a tail without a base");
+    }
+
+    #[test]
     fn a_journal_is_folded_when_long_old_or_quiet() {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
