@@ -96,15 +96,18 @@ pub fn write_bucket_suffix(out: &mut String, namespace: &str, bucket: BucketRef,
     }
 }
 
-/// When the minute of `suffix` starts (seconds since the epoch), if `suffix`, the part of
+/// When the bucket of `suffix` ends (seconds since the epoch): `suffix` is the part of
 /// a [`bucket`] or [`task_total`] key after the task prefix and its `:` (what
-/// [`write_bucket_suffix`] writes), is a minute's.
-pub fn minute_of_suffix(suffix: &str) -> Option<i64> {
+/// [`write_bucket_suffix`] writes); `None` for anything else.
+pub fn bucket_end_of_suffix(suffix: &str) -> Option<i64> {
     let mut parts = suffix.split(':').skip(1);
-    if !matches!(parts.next(), Some("b" | "t")) || parts.next() != Some(Resolution::Minute.code()) {
+    if !matches!(parts.next(), Some("b" | "t")) {
         return None;
     }
-    parts.next()?.parse().ok()
+    let code = parts.next()?;
+    let res = Resolution::ALL.into_iter().find(|r| r.code() == code)?;
+    let start: i64 = parts.next()?.parse().ok()?;
+    Some(start + res.secs())
 }
 
 /// One bucket of a task summed over all its series: the same fields as [`bucket`].
@@ -174,23 +177,24 @@ mod tests {
     }
 
     #[test]
-    fn a_minute_bucket_is_known_by_its_suffix() {
+    fn a_bucket_key_says_when_its_bucket_ends() {
         let at = |res| BucketRef { res, start: 3600 };
-        for (res, minute) in [
-            (Resolution::Minute, Some(3600)),
-            (Resolution::Hour, None),
-            (Resolution::Day, None),
+        for (res, end) in [
+            (Resolution::Minute, 3660),
+            (Resolution::Hour, 7200),
+            (Resolution::Day, 90_000),
         ] {
             let mut series = String::new();
             write_bucket_suffix(&mut series, "d2r1", at(res), Some(SeriesId(7)));
             let mut total = String::new();
             write_bucket_suffix(&mut total, "d2r1", at(res), None);
-            assert_eq!(minute_of_suffix(&series), minute, "{series}");
-            assert_eq!(minute_of_suffix(&total), minute, "{total}");
+            assert_eq!(bucket_end_of_suffix(&series), Some(end), "{series}");
+            assert_eq!(bucket_end_of_suffix(&total), Some(end), "{total}");
         }
-        assert_eq!(minute_of_suffix("d2r1:x:m:3600"), None);
-        assert_eq!(minute_of_suffix("d2r1:b:m:later"), None);
-        assert_eq!(minute_of_suffix("m"), None);
+        assert_eq!(bucket_end_of_suffix("d2r1:x:m:3600"), None);
+        assert_eq!(bucket_end_of_suffix("d2r1:b:w:3600"), None);
+        assert_eq!(bucket_end_of_suffix("d2r1:b:m:later"), None);
+        assert_eq!(bucket_end_of_suffix("m"), None);
     }
 
     #[test]

@@ -23,7 +23,6 @@ use super::bucket;
 use super::journal::{self, BucketSums, Sums};
 use super::sealed;
 use super::{Fields, Store, StoreError, group_by_task, keys, parse_series};
-use crate::buckets::Resolution;
 use crate::domain::{Labels, MICROS_PER_SEC, Micros, SeriesId, TaskEvent, TaskName, Tenant, now_micros};
 use crate::ingest::plan::{self, Disposition, InstanceState, Plan, Semantics};
 
@@ -332,8 +331,8 @@ enum Write {
 /// one sorted base again) instead of appending to its tail: once the tail is half as long
 /// as the base, and [`TAIL_MIN_BYTES`]. So an append costs what the fold adds, a bucket
 /// is written whole once per half its size appended instead of at every fold, and a read
-/// parses at most half as much again as the bucket holds (or 4 KiB). (A minute that is over
-/// is written whole: see [`RedisStore::fold`].)
+/// parses at most half as much again as the bucket holds (or 4 KiB). (A bucket whose period
+/// is over is written whole: see [`RedisStore::fold`].)
 fn tail_is_long(base: usize, tail: usize) -> bool {
     tail >= (base / 2).max(TAIL_MIN_BYTES)
 }
@@ -526,7 +525,13 @@ impl RedisStore {
     /// script's reply (`lengths[0]` is its 1; per bucket the base's length, -1 when the
     /// script did not look, and the tail's), for the next fold's choice to append or to
     /// write whole.
-    fn remember_bucket_sizes<T>(&self, prefix: &str, buckets: &[(String, T, String, Write)], lengths: &[redis::Value]) {
+    fn remember_bucket_sizes<T>(
+        &self,
+        prefix: &str,
+        now: i64,
+        buckets: &[(String, T, String, Write)],
+        lengths: &[redis::Value],
+    ) {
         let length = |i: usize| match lengths.get(i) {
             Some(redis::Value::Int(n)) => usize::try_from(*n).ok(),
             _ => None,
@@ -539,9 +544,8 @@ impl RedisStore {
             let Some(suffix) = key.strip_prefix(prefix).and_then(|s| s.strip_prefix(':')) else {
                 continue;
             };
-            if keys::minute_of_suffix(suffix).is_some() && tail == 0 {
-                // A minute with no tail: if it is over, it is written whole from now on;
-                // if not, its next fold measures it again.
+            if keys::bucket_end_of_suffix(suffix).is_some_and(|end| end <= now) {
+                // Over: written whole from now on.
                 sizes.remove(key);
                 continue;
             }
@@ -744,14 +748,11 @@ impl RedisStore {
                     .map(|(suffix, sums)| {
                         let key = format!("{prefix}:{suffix}");
                         let write = match sizes.get(&key) {
-                            // A minute that is over is written whole: it gets few more
-                            // folds, if any, and a tail left on it would be kept for
-                            // the bucket's two days.
-                            _ if keys::minute_of_suffix(&suffix)
-                                .is_some_and(|m| m + Resolution::Minute.secs() <= now) =>
-                            {
-                                Write::Whole
-                            }
+                            // A bucket that is over is written whole: it gets few more
+                            // folds, if any (late events, the last seconds of its
+                            // period), and a tail left on it would be kept, and read,
+                            // for as long as the bucket.
+                            _ if keys::bucket_end_of_suffix(&suffix).is_some_and(|end| end <= now) => Write::Whole,
                             Some(&(base, tail)) if tail_is_long(base, tail) => Write::Whole,
                             Some(_) => Write::Append,
                             None => Write::AppendAndMeasure,
@@ -849,7 +850,7 @@ impl RedisStore {
                         "folded"
                     );
                     written += wrote;
-                    self.remember_bucket_sizes(prefix, &buckets, &lengths);
+                    self.remember_bucket_sizes(prefix, now, &buckets, &lengths);
                 }
                 redis::Value::Int(0) => return Ok(false),
                 _ => {
