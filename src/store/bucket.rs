@@ -1,5 +1,5 @@
-//! The stored form of one bucket in Redis: a string holding its fields, one `name value`
-//! line each, sorted by name (`fin 3\ns 12\ns:1023 2\nstarted 14\nsum:s 40960000`).
+//! The stored form of one bucket in Redis: strings holding its fields, one `name value`
+//! line each; its base sorted by name (`fin 3\ns 12\ns:1023 2\nstarted 14\nsum:s 40960000`).
 //!
 //! A bucket is two strings: its base, written whole by a fold ([`crate::store::journal`])
 //! that read the bucket and added the journal's sums, and its tail, where folds that do
@@ -7,7 +7,8 @@
 //! sorted, a name again in each). A fold appends while the tail is short next to the base,
 //! so what it writes follows what it adds, not the bucket's size (a busy task's hour,
 //! day and total buckets hold thousands of bins); once the tail has grown to half the
-//! base, the next fold writes the bucket whole again. One string per part, however many
+//! base, or once the bucket's minute, hour or day is over, the next fold writes the
+//! bucket whole again (`store/redis.rs`). One string per part, however many
 //! fields a fold changes. (As a Redis hash, each changed field cost Redis about a
 //! microsecond of a script's time, and the fold writes nearly one bin per duration per
 //! bucket: that was half of Redis' work per event.) It is text, so `redis-cli GET` shows
