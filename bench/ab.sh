@@ -9,6 +9,8 @@
 #              pairs       RecordStream of starts and finishes, closed loop
 #              unary       one event per Record, 8 connections x 32 in flight, closed loop
 #              open        one event per Record, 10,000 calls/s open loop, 2 s warm-up
+#                          (both unary steps start, as in bench/run.sh, once the stream
+#                          before them is folded and the AOF rewritten)
 #              aof         completed events with AOF rewrites off: AOF bytes per event,
 #                          by command (what each event costs Redis' persistence)
 #   BINARY     a tasktime binary; each is copied first, so a rebuild during the runs
@@ -31,7 +33,7 @@ ROUNDS=3
 DUR=8s
 REDIS_ARGS=""
 usage() {
-  sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 while getopts "n:d:r:h" opt; do
@@ -139,6 +141,15 @@ run_one() { # binary-index round
   wait_tcp "$sp" "tasktime serve" "$dir/serve.log"
   warm=$("$bin" bench --server "http://127.0.0.1:$sp" --json --duration 2s --mode stream \
     --workload "$([[ $STEP == pairs ]] && echo pairs || echo completed)")
+  if [[ $STEP == unary || $STEP == open ]]; then
+    # As bench/run.sh does before its unary steps: the stream's journals folded (a quiet
+    # journal is folded within about 1.5 s) and the AOF rewritten, so that neither a fold
+    # of the stream nor a rewrite's fork lands in the load.
+    sleep 2
+    redis-cli -p "$rp" bgrewriteaof >/dev/null
+    while redis-cli -p "$rp" info persistence | tr -d '\r' |
+      grep -qE '^aof_rewrite_(in_progress|scheduled):1'; do sleep 0.1; done
+  fi
   r0=$(ticks "$rpid") m0=$(main_ticks "$rpid") s0=$(ticks "$spid") w0=$(rewrites "$rp")
   json=$("$bin" bench --server "http://127.0.0.1:$sp" --json --duration "$DUR" "${LOAD[@]}")
   r1=$(ticks "$rpid") m1=$(main_ticks "$rpid") s1=$(ticks "$spid") w1=$(rewrites "$rp")
