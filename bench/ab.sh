@@ -25,7 +25,9 @@
 # Per run it prints the rate (and the open loop's p50 / p99), CPU µs per event of
 # redis-server (all of it, with its AOF-rewrite children; and its main thread alone) and
 # of the service, and the AOF rewrites Redis started during the load; then the range of
-# each over the rounds, per binary. Nothing it creates outlives it.
+# each over the rounds, per binary. Nothing it creates outlives it. The services read
+# their TASKTIME_* environment as `tasktime serve` does: a setting given there applies
+# to every build (a wrapper script that sets it and execs a binary makes it one build's).
 set -euo pipefail
 exec </dev/null
 
@@ -33,7 +35,7 @@ ROUNDS=3
 DUR=8s
 REDIS_ARGS=""
 usage() {
-  sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//' >&2
+  awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0" >&2
   exit 2
 }
 while getopts "n:d:r:h" opt; do
