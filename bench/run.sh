@@ -794,8 +794,10 @@ fi
 # store's CPU per event (receiving, decoding and validating, which every event needs),
 # all from this run: NPROC cores divided by that CPU per event, or Redis' one thread
 # divided by its part, whichever is lower. Redis' part is the least any design needs:
-# a completed event's record inserted (a design could learn from HSET's count of new
-# fields that none was a retry, and look nothing up); a start's record inserted and its
+# a completed event's record inserted (Redis 8's `HSETEX ... FNX`, set only if none
+# exists, checks and inserts in one pass; `HSET`'s count of new fields alone would not
+# do: by then a record it must not replace, an open start's, is overwritten); a start's
+# record inserted and its
 # finish's overwritten (counted as a lookup), per two events. No work of the service's
 # beyond the null store's is counted, so the real ceiling is lower.
 CORES=$(nproc)
