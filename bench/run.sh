@@ -797,9 +797,8 @@ fi
 # a completed event's record inserted (Redis 8's `HSETEX ... FNX`, set only if none
 # exists, checks and inserts in one pass; `HSET`'s count of new fields alone would not
 # do: by then a record it must not replace, an open start's, is overwritten); a start's
-# record inserted and its
-# finish's overwritten (counted as a lookup), per two events. No work of the service's
-# beyond the null store's is counted, so the real ceiling is lower.
+# record inserted and its finish's overwritten (counted as a lookup), per two events. No
+# work of the service's beyond the null store's is counted, so the real ceiling is lower.
 CORES=$(nproc)
 bound() { # null-step redis-µs-per-event -> events/s
   calc "(a = $CORES * 1000000 / (${V[$1.svc_us]} + ${V[$1.client_us]} + $2)) < (b = 1000000 / $2) ? a : b"
