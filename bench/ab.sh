@@ -72,7 +72,7 @@ TMPD=$(mktemp -d /tmp/tasktime-ab.XXXXXX)
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$TMPD"
 }
 trap cleanup EXIT
@@ -89,27 +89,15 @@ for b in "$@"; do
   BINS+=("$copy")
 done
 
-# A TCP port nobody listens on, below the ephemeral range (as bench/run.sh picks them).
-free_port() {
-  local listening low p
-  listening=" $(ss -Htanl 2>/dev/null | awk '{print $4}' | sed 's/.*[:.]//' | tr '\n' ' ') "
-  read -r low _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || low=32768
-  ((low > 12000)) || low=32768
-  while :; do
-    p=$((10000 + (RANDOM * 32768 + RANDOM) % (low - 10000)))
-    [[ $listening == *" $p "* ]] || break
-  done
-  echo "$p"
-}
-wait_tcp() { # port what log
-  local _
-  for _ in $(seq 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "bench/ab.sh: $2 did not start on 127.0.0.1:$1; its log: $(tail -n 5 "$3")" >&2
+die() {
+  echo "bench/ab.sh: $*" >&2
+  # The run's logs go with its directory on exit: show their ends first.
+  tail -n 5 "$TMPD"/run/*.log >&2 2>/dev/null || true
   exit 1
 }
+# free_port and wait_tcp.
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
 ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"; }     # with reaped children
 main_ticks() { awk '{print $14 + $15}' "/proc/$1/task/$1/stat"; } # Redis' main thread
 rewrites() { redis-cli -p "$1" info persistence | tr -d '\r' | awk -F: '$1 == "aof_rewrites" {print $2}'; }
@@ -129,18 +117,18 @@ RESULTS=$TMPD/results
 run_one() { # binary-index round
   local bin=${BINS[$1]} dir=$TMPD/run rp sp rpid spid r0 m0 s0 w0 r1 m1 s1 w1 json warm
   rm -rf "$dir" && mkdir -p "$dir"
-  rp=$(free_port)
+  free_port rp
   redis-server --port "$rp" --bind 127.0.0.1 --dir "$dir" --appendonly yes --appendfsync everysec \
     --maxmemory-policy noeviction --save '' "${EXTRA[@]}" --logfile "$dir/redis.log" &
   rpid=$!
   PIDS+=("$rpid")
-  wait_tcp "$rp" redis-server "$dir/redis.log"
-  sp=$(free_port)
+  wait_tcp "$rp" redis-server "the end of its log, below"
+  free_port sp
   "$bin" serve --listen "127.0.0.1:$sp" --redis-url "redis://127.0.0.1:$rp" --drain-period 0s \
     --grace-period 5s >"$dir/serve.log" 2>&1 &
   spid=$!
   PIDS+=("$spid")
-  wait_tcp "$sp" "tasktime serve" "$dir/serve.log"
+  wait_tcp "$sp" "tasktime serve" "the end of its log, below"
   warm=$("$bin" bench --server "http://127.0.0.1:$sp" --json --duration 2s --mode stream \
     --workload "$([[ $STEP == pairs ]] && echo pairs || echo completed)")
   if [[ $STEP == unary || $STEP == open ]]; then
@@ -157,7 +145,7 @@ run_one() { # binary-index round
   r1=$(ticks "$rpid") m1=$(main_ticks "$rpid") s1=$(ticks "$spid") w1=$(rewrites "$rp")
   kill "$spid"
   wait "$spid" 2>/dev/null || true
-  python3 - "$1" "$2" "$STEP" "$json" "$(getconf CLK_TCK)" "$r0 $r1 $m0 $m1 $s0 $s1 $((w1 - w0))" "$dir" "$warm" <<'PY' | tee -a "$RESULTS"
+  python3 - "$1" "$2" "$STEP" "$json" "$(getconf CLK_TCK)" "$r0 $r1 $m0 $m1 $s0 $s1 $((w1 - w0))" "$dir" "$warm" "$RESULTS" <<'PY'
 import json, os, sys
 b, rnd, step, summary, hz = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), int(sys.argv[5])
 r0, r1, m0, m1, s0, s1, w = map(int, sys.argv[6].split())
@@ -197,7 +185,8 @@ if step == "aof":
     text += f"; AOF {total / n_all:.1f} bytes per event: " + ", ".join(
         f"{k} {v / n_all:.1f}" for k, v in sorted(by.items(), key=lambda kv: -kv[1])[:6])
 print(text)
-print("#" + json.dumps(row))
+with open(sys.argv[9], "a") as results:
+    results.write(json.dumps(row) + "\n")
 PY
   kill "$rpid"
   wait "$rpid" 2>/dev/null || true
@@ -206,12 +195,13 @@ PY
 : >"$RESULTS"
 for round in $(seq "$ROUNDS"); do
   for i in "${!BINS[@]}"; do
-    run_one "$i" "$round" | grep -v '^#'
+    # Not in a pipeline: a subshell would keep the processes it starts from the cleanup.
+    run_one "$i" "$round"
   done
 done
 python3 - "$RESULTS" "$STEP" "$@" <<'PY'
 import json, sys
-rows = [json.loads(l[1:]) for l in open(sys.argv[1]) if l.startswith("#")]
+rows = [json.loads(l) for l in open(sys.argv[1])]
 step, names = sys.argv[2], sys.argv[3:]
 print(f"\n{step}: range over the rounds, per build")
 for b, name in enumerate(names):

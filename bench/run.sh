@@ -104,36 +104,9 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-USED_PORTS=" "
-# free_port VAR: a TCP and UDP port nobody listens on (and this run has not handed out).
-free_port() {
-  local listening p _ low
-  listening=$(ss -Htuanl 2>/dev/null | awk '{print $5}' | sed 's/.*[:.]//' | tr '\n' ' ')
-  # Below the kernel's ephemeral range, so no outgoing connection takes the port between
-  # this check and the bind (the smoke run in CI once lost a port that way).
-  read -r low _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || low=32768
-  ((low > 12000)) || low=32768
-  for _ in $(seq 500); do
-    p=$((10000 + (RANDOM * 32768 + RANDOM) % (low - 10000)))
-    [[ $USED_PORTS == *" $p "* || " $listening " == *" $p "* ]] && continue
-    if ! command -v ss >/dev/null 2>&1 && (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      continue
-    fi
-    USED_PORTS+="$p "
-    printf -v "$1" '%s' "$p"
-    return 0
-  done
-  die "no free port found"
-}
-
-wait_tcp() { # port what
-  local i
-  for i in $(seq 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  die "$2 did not start listening on 127.0.0.1:$1 (see $RAW)"
-}
+# free_port and wait_tcp.
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 # ---------------------------------------------------------------- measurements
 
@@ -374,7 +347,7 @@ redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$TMPD/redis" \
   --logfile "$RAW/redis.log" &
 REDIS_PID=$!
 PIDS+=("$REDIS_PID")
-wait_tcp "$REDIS_PORT" redis-server
+wait_tcp "$REDIS_PORT" redis-server "$RAW"
 for _ in $(seq 100); do
   [[ $(rcli ping 2>/dev/null) == PONG ]] && break
   sleep 0.05
@@ -393,8 +366,8 @@ free_port NULL_PORT
   --drain-period 0s --grace-period 5s >"$RAW/serve-null.log" 2>&1 &
 NULL_PID=$!
 PIDS+=("$NULL_PID")
-wait_tcp "$SVC_PORT" "tasktime serve --redis-url"
-wait_tcp "$NULL_PORT" "tasktime serve --null-store"
+wait_tcp "$SVC_PORT" "tasktime serve --redis-url" "$RAW"
+wait_tcp "$NULL_PORT" "tasktime serve --null-store" "$RAW"
 SVC=http://127.0.0.1:$SVC_PORT
 NULL=http://127.0.0.1:$NULL_PORT
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -753,7 +726,7 @@ EOF
   node "$SD_DIR/node_modules/statsd/stats.js" "$SD_DIR/config.js" >"$RAW/statsd.log" 2>&1 &
   SD_PID=$!
   PIDS+=("$SD_PID")
-  wait_tcp "$SD_MGMT_PORT" statsd
+  wait_tcp "$SD_MGMT_PORT" statsd "$RAW"
   for _ in $(seq 100); do
     [[ -f $SD_DIR/discard.json ]] && break
     sleep 0.05
