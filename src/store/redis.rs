@@ -100,8 +100,10 @@ pub struct RedisStore {
 /// The records of the instances this process started lately, so that planning their
 /// finish needs no read: the commit script checks every record a plan assumed anyway, so
 /// a record that changed since (another replica finished the instance, it expired) only
-/// makes the round re-read and re-plan. Keyed by a hash of task and instance id (a
-/// collision is just such a stale record). Bounded: two maps of at most
+/// makes the round re-read and re-plan. A rejection writes nothing for the script to
+/// check, so one planned from a remembered record is planned again from Redis. Keyed by
+/// a hash of task and instance id (a collision is just such a stale record). Bounded:
+/// two maps of at most
 /// [`RecentStarts::MAX`] entries; when the newer fills up, the older is dropped. An entry
 /// is the open record itself (start and series, re-encoded when used): no allocation per
 /// start, and dropping a full map is one free, not 100,000.
@@ -1067,6 +1069,7 @@ impl RedisStore {
                 None => true,
             });
         }
+        let remembered = !known.is_empty();
         let mut conn = self.conn.clone();
         for attempt in 0..MAX_ATTEMPTS {
             let read = if attempt == 0 {
@@ -1078,6 +1081,19 @@ impl RedisStore {
                 self.read_records(&mut conn, prefix, &all_ids, &live).await?
             };
             let plan = plan::plan_task(prefix, group, read, &self.sem, now);
+            if attempt == 0
+                && remembered
+                && plan
+                    .dispositions
+                    .iter()
+                    .any(|(_, d)| matches!(d, Disposition::Rejected(_)))
+            {
+                // A rejection writes nothing, so the script would check nothing of it: one
+                // planned from a remembered start (a finish before it) must be planned
+                // again from the record in Redis, which may have changed meanwhile (the
+                // id started again after its record was lost).
+                continue;
+            }
             if plan.instance_writes.is_empty() && plan.increments.is_empty() {
                 // Only duplicates and rejections: nothing to write, nothing to check.
                 return Ok(plan.dispositions);

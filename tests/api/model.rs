@@ -307,6 +307,11 @@ fn redis_with_two_racing_replicas_answers_like_the_model() {
                 for batch in batches(events, &cuts) {
                     let (ra, rb) = tokio::join!(a.apply(&batch, now()), b.apply(&batch, now()));
                     for (x, y) in ra.expect("a").into_iter().zip(rb.expect("b")) {
+                        assert!(
+                            !matches!(x, tasktime::ingest::Disposition::Rejected(_))
+                                && !matches!(y, tasktime::ingest::Disposition::Rejected(_)),
+                            "no event of the model is invalid: {x:?} {y:?}"
+                        );
                         let both = u32::from(matches!(x, tasktime::ingest::Disposition::Accepted { .. }))
                             + u32::from(matches!(y, tasktime::ingest::Disposition::Accepted { .. }));
                         assert!(both <= 1, "one event accepted by both replicas: {x:?} {y:?}");

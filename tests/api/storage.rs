@@ -548,6 +548,27 @@ mod journal {
         );
     }
 
+    /// A finish before the start A remembers would be rejected; but A's memory may be
+    /// stale (Redis lost the record and the id started again, earlier, on B). A rejection
+    /// writes nothing for the script to check, so A plans it again from Redis.
+    #[tokio::test]
+    async fn a_rejection_planned_from_a_stale_remembered_start_is_planned_again() {
+        use tasktime::ingest::Disposition;
+        let redis = RedisServer::start(RedisOptions::default());
+        let (a, b) = (store(&redis), store(&redis));
+        let t = now() - 600 * SEC;
+        a.apply(&[start("x", t + 60 * SEC)], t).await.expect("a's start");
+        redis.cli(&["flushall"]);
+        let ok = Disposition::Accepted { over_range: false };
+        assert_eq!(b.apply(&[start("x", t)], t).await.expect("b's start"), vec![ok.clone()]);
+        assert_eq!(
+            a.apply(&[finish("x", t + 30 * SEC)], t).await.expect("a's finish"),
+            vec![ok],
+            "30 s after the start in Redis, though before the one A remembers"
+        );
+        assert_eq!(day_total(&a, t).await, (1, 1));
+    }
+
     /// The task's day total: (started, succeeded), read through `store` (buckets and journal).
     async fn day_total(store: &RedisStore, at: i64) -> (i64, i64) {
         let prefix = keys::task_prefix(&Tenant::default_tenant(), &task());
