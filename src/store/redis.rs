@@ -103,10 +103,9 @@ pub struct RedisStore {
 /// makes the round re-read and re-plan. A rejection writes nothing for the script to
 /// check, so one planned from a remembered record is planned again from Redis. Keyed by
 /// a hash of task and instance id (a collision is just such a stale record). Bounded:
-/// two maps of at most
-/// [`RecentStarts::MAX`] entries; when the newer fills up, the older is dropped. An entry
-/// is the open record itself (start and series, re-encoded when used): no allocation per
-/// start, and dropping a full map is one free, not 100,000.
+/// two maps of at most [`RecentStarts::MAX`] entries; when the newer fills up, the older
+/// is dropped. An entry is the open record itself (start and series, re-encoded when
+/// used): no allocation per start, and dropping a full map is one free, not 100,000.
 #[derive(Debug, Default)]
 struct RecentStarts {
     current: HashMap<u64, (Micros, SeriesId), rustc_hash::FxBuildHasher>,
